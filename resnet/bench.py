@@ -1,0 +1,106 @@
+"""Training speed, measured in one run on one device: `python -m resnet.bench [--quick]`.
+
+Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam) on the same batches; against it, the
+session's `step()` with telemetry on and off. Runs are interleaved round by round and each figure is the median
+round, because two processes (or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from .data import load_dataset, normalize
+from .engine import Session, TrainConfig
+from .notebook import NotebookResNet
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def notebook_loop(data, device, batch: int):
+    """The notebook's training step, as written there, fed the same uint8 tensors the session uses."""
+    torch.manual_seed(0)
+    model = NotebookResNet(num_classes=len(data.classes)).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    g = torch.Generator(device).manual_seed(0)
+
+    def step():
+        idx = torch.randint(len(data.train_y), (batch,), device=device, generator=g)
+        output = model(normalize(data.train_x[idx]))
+        optimizer.zero_grad()
+        loss = criterion(output, data.train_y[idx])
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the notebook prints the loss each step: a host sync, like the session's
+
+    return step
+
+
+def session_loop(config: TrainConfig):
+    session = Session(config)
+    return lambda: session.step(1), session
+
+
+def measure(step, steps: int, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round and loop")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds; the median is reported")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 for the session")
+    p.add_argument("--quick", action="store_true", help="fewer steps: about a minute on 2 CPU cores")
+    args = p.parse_args(argv)
+    steps = args.steps or (6 if args.quick else 20)
+    rounds = args.rounds or (3 if args.quick else 5)
+
+    config = TrainConfig(batch_size=args.batch, device=args.device, precision=args.precision, eval_every=0)
+    engine, session = session_loop(config)
+    bare, _ = session_loop(replace(config, telemetry=False))
+    device = session.device
+    data = load_dataset(config.dataset, device)
+    loops = {"notebook": notebook_loop(data, device, args.batch), "engine": engine, "engine_no_telemetry": bare}
+    for step in loops.values():  # warm-up: allocator, oneDNN kernel choice, cuDNN autotune
+        measure(step, 3, device)
+    times = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            times[name].append(measure(step, steps, device))
+    img_s = {name: steps * args.batch / statistics.median(t) for name, t in times.items()}
+
+    print(f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, session precision {session.precision}, batch {args.batch}, "
+          f"{rounds} rounds x {steps} steps")
+    print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
+    for name, v in img_s.items():
+        print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
+    result = {
+        "device": str(device), "precision": session.precision, "batch": args.batch,
+        "notebook_img_s": round(img_s["notebook"], 1), "engine_img_s": round(img_s["engine"], 1),
+        "engine_no_telemetry_img_s": round(img_s["engine_no_telemetry"], 1),
+        "ratio": round(img_s["engine"] / img_s["notebook"], 3),
+        "telemetry_overhead": round(1 - img_s["engine"] / img_s["engine_no_telemetry"], 4),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""A training session: one learner's model, optimizer, data and history, stepped a few batches at a time.
+
+Built to be watched: every step records loss, accuracy and, for each conv/linear layer, the gradient norm, the
+weight norm and the update/weight ratio, computed for all layers at once on the device and copied to the host
+in one transfer per step. A step whose loss or gradients are not finite is undone (weights, BN statistics and
+optimizer state restored) and reported, so a learner who types lr=1000 loses nothing but that step.
+"""
+
+import math
+import threading
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .data import augment, load_dataset, normalize
+from .model import ResNet, ResNetConfig
+
+OPTIMIZERS = ("adam", "sgd")
+# a step that moves any layer by more than this many times its own weights has diverged, finite or not
+# (Adam at lr=1e3 keeps the loss finite thanks to BN, yet replaces every weight); lr 0.1 Adam stays below it.
+# Checked with telemetry on, which computes the update sizes.
+MAX_UPDATE_RATIO = 10.0
+_init_lock = threading.Lock()  # model init reads the global RNG: one session at a time
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "shapes"  # a name in resnet.data.DATASETS
+    optimizer: str = "adam"  # "adam" or "sgd" (with momentum)
+    lr: float = 1e-3  # step size; the notebook's Adam uses 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # L2 penalty per step, both optimizers
+    batch_size: int = 64  # images per training step
+    augment: bool = True  # random flips and shifts of up to 4 px, on the device
+    eval_every: int = 50  # steps between held-out evaluations; 0: never
+    eval_size: int = 500  # held-out images per evaluation (the same ones each time)
+    seed: int = 0  # weights, batch order and augmentation all follow from it
+    device: str = "auto"  # "auto": cuda, else mps, else cpu; or any torch device string
+    precision: str = "auto"  # "auto": bf16 autocast where the hardware computes bf16 natively, else "fp32"
+    telemetry: bool = True  # per-layer gradient/weight/update statistics at each step
+    history_points: int = 2000  # steps kept; a longer run is thinned evenly (every other step), never cut
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 autocast pays on a CPU only with AMX or AVX512-BF16 units; elsewhere it is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {name!r}; choose from ['auto', 'bf16', 'fp32']")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+class History:
+    """Per-step records, evaluations and events (shortcut switches, lr changes, rejected steps), bounded."""
+
+    def __init__(self, points: int):
+        self.points = max(2, points + points % 2)  # even, so thinning [::2] keeps the newest record
+        self.steps: list[dict] = []
+        self.evals: list[dict] = []
+        self.events: list[dict] = []
+
+    def add_step(self, record: dict):
+        self.steps.append(record)
+        if len(self.steps) > self.points:
+            self.steps = self.steps[::2]
+
+    def add_eval(self, record: dict):
+        self.evals.append(record)
+        if len(self.evals) > self.points:
+            self.evals = self.evals[::2]
+
+    def add_event(self, step: int, kind: str, text: str):
+        self.events.append({"step": step, "kind": kind, "text": text})
+        del self.events[: -self.points]
+
+
+class Session:
+    """One learner's training run. Not shared between users; `lock` guards it against the app's threads."""
+
+    def __init__(self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None):
+        self.config = config or TrainConfig()
+        self.lock = threading.RLock()
+        self.device = pick_device(self.config.device)
+        self.precision = pick_precision(self.config.precision, self.device)
+        # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
+        self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
+        self.data = load_dataset(self.config.dataset, self.device)
+        self.model_config = replace(model_config or ResNetConfig(), num_classes=len(self.data.classes))
+        self.reset(self.config.seed)
+
+    # --- setting up ------------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None, model_config: ResNetConfig | None = None):
+        """Fresh weights from `seed`, empty history; the learner's lr, optimizer and batch size are kept."""
+        with self.lock:
+            if seed is not None:
+                self.config = replace(self.config, seed=int(seed))
+            if model_config is not None:
+                self.model_config = replace(model_config, num_classes=len(self.data.classes))
+            with _init_lock, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed)
+                model = ResNet(self.model_config)
+            self.model = model.to(self.device, memory_format=self.memory_format)
+            self.layers = self.model.weighted_layers()
+            self.weights = [m.weight for m in self.layers.values()]
+            self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+            self._order, self._cursor = None, 0
+            self.step_count = 0
+            self.history = History(self.config.history_points)
+            self._make_optimizer()
+            self._saved = None
+
+    def _make_optimizer(self):
+        c = self.config
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; choose from {list(OPTIMIZERS)}")
+        check_lr(c.lr)
+        params = self.model.parameters()
+        # foreach: one kernel per op for all parameters instead of one per parameter
+        if c.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                             foreach=True)
+
+    def configure(self, lr: float | None = None, optimizer: str | None = None, batch_size: int | None = None):
+        """Change lr, optimizer or batch size between steps; weights and history stay."""
+        with self.lock:
+            if lr is not None and lr != self.config.lr:
+                check_lr(lr)
+                self.config = replace(self.config, lr=float(lr))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = float(lr)
+                self.history.add_event(self.step_count, "lr", f"lr = {lr:g}")
+            if optimizer is not None and optimizer != self.config.optimizer:
+                old = self.config
+                self.config = replace(self.config, optimizer=optimizer)
+                try:
+                    self._make_optimizer()  # a new optimizer starts with empty moments
+                except ValueError:
+                    self.config = old
+                    raise
+                self._saved = None
+                self.history.add_event(self.step_count, "optimizer", f"optimizer = {optimizer}")
+            if batch_size is not None and batch_size != self.config.batch_size:
+                check_batch_size(batch_size, len(self.data.train_y))
+                self.config = replace(self.config, batch_size=int(batch_size))
+                self.history.add_event(self.step_count, "batch", f"batch size = {batch_size}")
+
+    # --- shortcuts -------------------------------------------------------------------------------------------
+    @property
+    def shortcuts(self) -> list[bool]:
+        return self.model.shortcuts
+
+    def set_shortcut(self, on: bool, block: int | None = None):
+        """Switch one block's shortcut (1-based) or all of them; the weights are untouched."""
+        with self.lock:
+            before = self.model.shortcuts
+            self.model.set_shortcut(on, block)
+            if self.model.shortcuts != before:
+                where = "all blocks" if block is None else f"block {block}"
+                self.history.add_event(self.step_count, "shortcut", f"shortcut {'on' if on else 'off'}: {where}")
+
+    # --- training --------------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of an epoch-wise random permutation, augmented on the device."""
+        n, b = len(self.data.train_y), self.config.batch_size
+        if self._order is None or self._cursor + b > n:
+            self._order = torch.randperm(n, device=self.device, generator=self.generator)
+            self._cursor = 0
+        idx = self._order[self._cursor : self._cursor + b]
+        self._cursor += b
+        x = normalize(self.data.train_x[idx])  # (B, 3, 32, 32) float32
+        if self.config.augment:
+            x = augment(x, self.generator)
+        return x.contiguous(memory_format=self.memory_format), self.data.train_y[idx]
+
+    def _live_tensors(self) -> list[torch.Tensor]:
+        """Everything a step changes, tracked weights first: parameters, BN statistics, optimizer moments."""
+        tracked = {id(w) for w in self.weights}
+        params = self.weights + [p for p in self.model.parameters() if id(p) not in tracked]
+        state = [t for p in params for t in self.optimizer.state.get(p, {}).values() if torch.is_tensor(t)]
+        return [p.detach() for p in params] + list(self.model.buffers()) + state
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """One optimizer step on (x, y). Returns the step's record, or {"rejected": reason} if it was undone."""
+        live = self._live_tensors()
+        if self._saved is None or len(self._saved) != len(live):
+            self._saved = [t.clone() for t in live]
+        else:
+            torch._foreach_copy_(self._saved, live)
+        had_state = bool(self.optimizer.state)
+
+        self.model.train()
+        with self._autocast():
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
+        self.optimizer.step()
+
+        # all statistics in one tensor, so the host waits for the device once per step
+        k = len(self.weights)
+        parts = [loss.detach().reshape(1), (logits.argmax(1) == y).float().mean().reshape(1)]
+        parts += torch._foreach_norm(grads)
+        if self.config.telemetry:
+            parts += torch._foreach_norm(self._saved[:k])  # the weights the step started from
+            parts += torch._foreach_norm(torch._foreach_sub([w.detach() for w in self.weights], self._saved[:k]))
+        stats = torch.stack([p.float().reshape(()) for p in parts]).cpu().tolist()
+
+        loss_value, acc = stats[0], stats[1]
+        ratios = [u / max(w, 1e-12) for u, w in zip(stats[2 + 2 * k :], stats[2 + k : 2 + 2 * k])]
+        reason = None
+        if not all(math.isfinite(v) for v in stats):
+            reason = f"{'loss' if not math.isfinite(loss_value) else 'gradients or weights'} not finite"
+        elif max(ratios, default=0) > MAX_UPDATE_RATIO:
+            reason = f"an update {max(ratios):.0f}x the size of its layer's weights"
+        if reason:
+            torch._foreach_copy_(live[: len(self._saved)], self._saved)
+            if not had_state:
+                self.optimizer.state.clear()
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
+                                "weights restored"}
+
+        self.step_count += 1
+        names = list(self.layers)
+        record = {"step": self.step_count, "loss": loss_value, "acc": acc, "lr": self.config.lr,
+                  "shortcuts": self.model.shortcuts, "grad_norm": dict(zip(names, stats[2 : 2 + k]))}
+        if self.config.telemetry:
+            record["weight_norm"] = dict(zip(names, stats[2 + k : 2 + 2 * k]))
+            record["update_ratio"] = dict(zip(names, ratios))
+        return record
+
+    def step(self, n: int = 1) -> dict:
+        """Take n training steps. Returns {"step", "done", "rejected", "messages", "last"} as plain data."""
+        done, messages, last = 0, [], None
+        with self.lock:
+            for _ in range(int(n)):
+                record = self.train_step(*self.next_batch())
+                if "rejected" in record:
+                    messages.append(record["rejected"])
+                    self.history.add_event(self.step_count, "rejected", record["rejected"])
+                    continue
+                done += 1
+                self.history.add_step(record)
+                last = record
+                if self.config.eval_every and self.step_count % self.config.eval_every == 0:
+                    self.history.add_eval({"step": self.step_count, **self.evaluate(self.config.eval_size)})
+        return {"step": self.step_count, "done": done, "rejected": len(messages), "messages": messages, "last": last}
+
+    @torch.inference_mode()
+    def evaluate(self, size: int | None = None, batch: int = 500) -> dict:
+        """Loss and accuracy on the first `size` held-out images (all of them if None), in eval mode."""
+        with self.lock:
+            x_all, y_all = self.data.test_x[:size], self.data.test_y[:size]
+            was_training = self.model.training
+            self.model.eval()
+            total_loss, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+            for i in range(0, len(y_all), batch):
+                x = normalize(x_all[i : i + batch]).contiguous(memory_format=self.memory_format)
+                y = y_all[i : i + batch]
+                with self._autocast():
+                    logits = self.model(x).float()
+                total_loss += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+            self.model.train(was_training)
+            n = max(len(y_all), 1)
+            return {"loss": total_loss.item() / n, "acc": correct.item() / n}
+
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, shortcuts: list[bool] | None = None) -> dict:
+        """Loss and per-layer gradients for one labelled batch (the notebook's experiment), without a step.
+
+        `shortcuts` overrides the switches for this computation only. fp32, train mode, as the notebook does.
+        Returns {"loss", "grad_norm": {layer: float}, "grads": {layer: tensor on the CPU}}.
+        """
+        with self.lock:
+            before = self.model.shortcuts
+            buffers = [b.clone() for b in self.model.buffers()]  # train-mode BN would move its statistics
+            try:
+                if shortcuts is not None:
+                    for i, on in enumerate(shortcuts, 1):
+                        self.model.set_shortcut(on, i)
+                self.model.train()
+                self.model.zero_grad(set_to_none=True)
+                x = x.to(self.device).contiguous(memory_format=self.memory_format)
+                loss = F.cross_entropy(self.model(x), y.to(self.device))
+                loss.backward()
+                # a projection whose shortcut is off gets no gradient: zero, not missing
+                grads = {n: (m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)).float().cpu()
+                         for n, m in self.layers.items()}
+            finally:
+                for i, on in enumerate(before, 1):
+                    self.model.set_shortcut(on, i)
+                torch._foreach_copy_(list(self.model.buffers()), buffers)
+                self.model.zero_grad(set_to_none=True)
+            return {"loss": loss.item(), "grad_norm": {n: g.norm().item() for n, g in grads.items()}, "grads": grads}
+
+    def teach(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """One optimizer step on the learner's own labelled image(s), recorded in the history like any step."""
+        with self.lock:
+            x = x.to(self.device).contiguous(memory_format=self.memory_format)
+            record = self.train_step(x, y.to(self.device))
+            if "rejected" in record:
+                self.history.add_event(self.step_count, "rejected", record["rejected"])
+            else:
+                self.history.add_step(record)
+                self.history.add_event(self.step_count, "teach", "a step on your image")
+            return record
+
+    def summary(self) -> dict:
+        """What the UI shows beside the charts, as plain data."""
+        return {"step": self.step_count, "device": str(self.device), "precision": self.precision,
+                "dataset": self.config.dataset, "classes": list(self.data.classes),
+                "depth": self.model_config.depth, "parameters": sum(p.numel() for p in self.model.parameters()),
+                "shortcuts": self.model.shortcuts, "config": asdict(self.config)}
+
+
+def check_lr(lr: float) -> None:
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1e4:
+        raise ValueError(f"learning rate must be a number in (0, 10000]; got {lr!r}")
+
+
+def check_batch_size(batch_size: int, n_train: int) -> None:
+    if int(batch_size) != batch_size or not 1 <= batch_size <= min(n_train, 4096):
+        raise ValueError(f"batch size must be a whole number from 1 to {min(n_train, 4096)}; got {batch_size!r}")

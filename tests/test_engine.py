@@ -1,0 +1,162 @@
+"""A training session keeps its promises: true gradient statistics, undo of divergent steps, live switches."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnet.engine import History, Session, TrainConfig
+
+
+def session(**changes) -> Session:
+    return Session(TrainConfig(**{"batch_size": 16, "eval_every": 0, "precision": "fp32", **changes}))
+
+
+def state_of(s: Session) -> dict:
+    return {k: v.clone() for k, v in s.model.state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_gradient_norms_equal_a_float64_recomputation():
+    s = session()
+    x, y = s.next_batch()
+    reference = copy.deepcopy(s.model).double()
+    record = s.train_step(x, y)
+    loss = F.cross_entropy(reference(x.double()), y)
+    loss.backward()
+    assert record["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    for name, layer in reference.weighted_layers().items():
+        exact = s.layers[name].weight.grad.double().norm().item()  # the step's own gradient, normed in float64
+        assert record["grad_norm"][name] == pytest.approx(exact, rel=1e-5), name
+        # and that gradient is the true one, up to float32 round-off through 20 layers of backward
+        assert record["grad_norm"][name] == pytest.approx(layer.weight.grad.norm().item(), rel=1e-3), name
+    # the update ratio is what the optimizer actually did to the weights
+    moved = s.model.fc.weight.detach().double() - reference.fc.weight.detach()
+    ratio = moved.norm().item() / reference.fc.weight.norm().item()
+    assert record["update_ratio"]["fc"] == pytest.approx(ratio, rel=1e-3)
+
+
+def test_same_seed_same_run_and_reset_restarts_it():
+    a, b = session(seed=3), session(seed=3)
+    losses = [a.step(1)["last"]["loss"] for _ in range(3)]
+    assert [b.step(1)["last"]["loss"] for _ in range(3)] == losses
+    a.reset(3)
+    assert a.step_count == 0 and a.history.steps == []
+    assert [a.step(1)["last"]["loss"] for _ in range(3)] == losses
+    assert session(seed=4).step(1)["last"]["loss"] != losses[0]
+
+
+def test_a_session_overfits_one_small_batch():
+    s = session(lr=2e-3, augment=False)
+    x, y = s.next_batch()
+    for _ in range(40):
+        record = s.train_step(x, y)
+    assert record["acc"] == 1.0
+    assert record["loss"] < 0.1
+
+
+def test_non_finite_step_is_rejected_and_everything_restored():
+    s = session()
+    s.step(2)
+    before, moments = state_of(s), copy.deepcopy(s.optimizer.state_dict()["state"])
+    x, y = s.next_batch()
+    x[0, 0, 0, 0] = float("nan")
+    record = s.train_step(x, y)
+    assert "not finite" in record["rejected"]
+    assert_same_state(state_of(s), before)  # weights and BN running statistics
+    after = s.optimizer.state_dict()["state"]
+    for i in moments:
+        for key in moments[i]:
+            assert torch.equal(after[i][key], moments[i][key])
+    assert s.step_count == 2
+    assert s.step(1)["done"] == 1  # and training goes on
+
+
+def test_divergent_learning_rate_is_recovered_from():
+    s = session(optimizer="adam")
+    s.step(3)
+    good = state_of(s)
+    s.configure(lr=1e3)
+    report = s.step(20)
+    assert report["rejected"] == 20 and report["done"] == 0
+    assert "lr 1000 too large" in report["messages"][0]
+    assert_same_state(state_of(s), good)
+    assert [e["kind"] for e in s.history.events].count("rejected") == 20
+    s.configure(lr=1e-3)
+    report = s.step(2)
+    assert report["done"] == 2 and math.isfinite(report["last"]["loss"])
+    assert all(math.isfinite(r["loss"]) for r in s.history.steps)
+
+
+def test_switching_shortcuts_mid_run_keeps_the_weights_and_is_an_event():
+    s = session()
+    s.step(2)
+    before = state_of(s)
+    s.set_shortcut(False)
+    s.set_shortcut(True, block=1)
+    assert s.shortcuts == [True, False, False]
+    assert_same_state(state_of(s), before)
+    assert [e["text"] for e in s.history.events] == ["shortcut off: all blocks", "shortcut on: block 1"]
+    assert s.step(1)["last"]["shortcuts"] == [True, False, False]
+
+
+def test_lr_optimizer_and_batch_size_change_mid_run():
+    s = session()
+    s.step(2)
+    s.configure(lr=0.05, optimizer="sgd", batch_size=8)
+    assert isinstance(s.optimizer, torch.optim.SGD) and s.optimizer.param_groups[0]["lr"] == 0.05
+    assert s.next_batch()[0].shape == (8, 3, 32, 32)
+    record = s.step(1)["last"]
+    assert record["step"] == 3 and record["lr"] == 0.05
+    for bad in ({"lr": 0}, {"lr": -1}, {"lr": float("nan")}, {"lr": 1e6}, {"batch_size": 0}, {"optimizer": "lion"},
+                {"batch_size": 10**6}):
+        with pytest.raises(ValueError):
+            s.configure(**bad)
+    assert isinstance(s.optimizer, torch.optim.SGD) and s.config.batch_size == 8
+
+
+def test_evaluation_is_recorded_every_k_steps():
+    s = session(eval_every=2, eval_size=64)
+    s.step(4)
+    assert [e["step"] for e in s.history.evals] == [2, 4]
+    assert 0 <= s.history.evals[0]["acc"] <= 1
+
+
+def test_history_is_thinned_not_cut():
+    h = History(points=10)
+    for i in range(1, 101):
+        h.add_step({"step": i})
+    steps = [r["step"] for r in h.steps]
+    assert len(steps) <= 10 and steps[-1] == 100 and steps[0] == 1
+    assert steps == sorted(steps)
+
+
+def test_gradients_of_one_image_with_shortcuts_on_and_off_leave_the_session_untouched():
+    s = session()
+    before, shortcuts = state_of(s), s.shortcuts
+    x, y = s.data.train_x[:1], s.data.train_y[:1]
+    from resnet.data import normalize
+
+    on = s.gradients(normalize(x), y)
+    off = s.gradients(normalize(x), y, shortcuts=[False] * 3)
+    assert on["loss"] != off["loss"]
+    assert on["grads"]["block1.conv1"].shape == (64, 64, 3, 3)
+    assert on["grad_norm"]["stem"] != off["grad_norm"]["stem"]
+    assert_same_state(state_of(s), before)
+    assert s.shortcuts == shortcuts
+
+
+def test_teach_takes_one_recorded_step():
+    s = session()
+    from resnet.data import normalize
+
+    record = s.teach(normalize(s.data.train_x[:1]), s.data.train_y[:1])
+    assert record["step"] == 1 and s.history.steps[-1] is record
+    assert s.history.events[-1]["kind"] == "teach"
