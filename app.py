@@ -1,5 +1,480 @@
-"""ResNet Playground's web app (UI only). Built in the next issue; for now it trains from the command line:
-`python -m resnet train --steps 300`."""
+"""ResNet Playground: train a residual network in the browser, switch its shortcuts live, and watch why they matter.
+
+UI only: every number comes from the `resnet` package; the handlers here find the learner's session, call it,
+and lay out what it returns. `python app.py` serves it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured).
+"""
+
+import functools
+import inspect
+import logging
+import os
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly
+import plotly.graph_objects as go
+import torch
+
+from resnet import charts, inference
+from resnet.data import DATASETS
+from resnet.engine import Session, TrainConfig, pick_device
+from resnet.model import ResNetConfig, cifar_config
+from resnet.sessions import PoolFull, SessionPool
+
+ASSETS = Path(__file__).parent / "assets"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: works offline
+MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
+IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
+PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
+CHUNK_SECONDS = 0.35  # Play's work between chart updates: short enough for > 2 updates/s and a prompt Pause
+ARCHITECTURES = {  # name -> blocks per stage of the paper's CIFAR nets (6n+2 layers); None: the notebook's net
+    "notebook (0.6M parameters)": None, "ResNet-20": 3, "ResNet-32": 5, "ResNet-56": 9}
+SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
+log = logging.getLogger("playground")
+
+I18N = gr.I18n(
+    en={"title": "# ResNet Playground\nTrain a residual network, switch its shortcuts off and on while it learns, "
+                 "and watch the gradients. Draw a shape to see what it thinks.",
+        "train": "Training", "dataset": "Dataset", "architecture": "Network", "seed": "Seed", "reset": "Reset",
+        "optimizer": "Optimizer", "lr": "Learning rate", "batch": "Batch size", "step": "Step",
+        "step_n": "Step ×N", "n": "N", "play": "▶ Play", "pause": "❚❚ Pause", "shortcuts": "Shortcuts",
+        "all_shortcuts": "All shortcuts on", "block_shortcuts": "Shortcut of each block",
+        "predict": "Predict", "draw": "Draw a shape", "upload": "Upload, paste or webcam",
+        "clear": "Clear drawing", "prediction": "What the network sees", "features": "What each block sees",
+        "teach": "Teach it your image", "label": "This image is a…", "teach_step": "Take one step on it (alone)",
+        "mix": "Mix it into the next 20 batches", "compare": "Gradients: shortcut on vs off", "layer": "Layer",
+        "learn": "Learn", "status": "Status", "examples": "Examples"},
+    zh={"title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
+                 "画一个图形，看看它怎么认。",
+        "train": "训练", "dataset": "数据集", "architecture": "网络", "seed": "随机种子", "reset": "重置",
+        "optimizer": "优化器", "lr": "学习率", "batch": "批大小", "step": "单步",
+        "step_n": "走 N 步", "n": "N", "play": "▶ 播放", "pause": "❚❚ 暂停", "shortcuts": "残差连接",
+        "all_shortcuts": "全部残差连接开启", "block_shortcuts": "每个残差块的连接",
+        "predict": "预测", "draw": "画一个图形", "upload": "上传、粘贴或摄像头",
+        "clear": "清空画板", "prediction": "网络的判断", "features": "每个残差块看到的特征图",
+        "teach": "用你的图片教它", "label": "这张图是…", "teach_step": "用它单独训练一步",
+        "mix": "混入接下来的 20 个批次", "compare": "梯度：连接开 vs 关", "layer": "层",
+        "learn": "学习", "status": "状态", "examples": "示例"},
+)
+
+LEARN_EN = """
+### Residual connections, in four points (from the course notebook)
+- A residual connection adds a block's **input directly to its output**: `out = relu(F(x) + x)`.
+- It eases the **vanishing gradient** problem of deep networks: the `+ x` passes the gradient back unchanged.
+- Information can **skip layers**: it does not have to pass through every block.
+- Deep networks **train faster and better**: a block only has to learn the residual `F(x) = H(x) - x`.
+
+### The notebook's code, and its bug
+The notebook's `ResidualBlock` builds `self.shortcut` (a 1x1 conv + BN for the 64→128 block) but `forward` never
+uses it: the `downsample` argument does that work, and `shortcut`'s 8,576 parameters sit idle. Here each block has
+one `shortcut` (identity, or a projection where the shape changes) that you can switch off: the block becomes the
+"plain" `relu(F(x))` with the same weights.
+
+### Things to try
+1. Press **Play**, and at step ~200 untick **All shortcuts on**. Watch the loss jump and the gradient norms of
+   the early layers (dark lines) fall: the gradient now has to pass through every conv.
+2. Reset with **ResNet-56**, train with shortcuts off, then on (Reset between): the deep plain net barely learns.
+3. Draw a shape, then switch shortcuts off: the prediction changes although no weight did.
+4. Set the learning rate to 1000 and Step: the step is rejected and the weights restored.
+"""
+
+LEARN_ZH = """
+### 残差连接的四个要点（来自课程笔记）
+- 残差连接把残差块的**输入直接加到输出上**：`out = relu(F(x) + x)`。
+- 它缓解深层网络中的**梯度消失**问题：`+ x` 让梯度原样传回。
+- 信息可以**跳过若干层**传递，不必经过所有层。
+- 提高深层神经网络的**训练效率**：每个块只需学习残差 `F(x) = H(x) - x`。
+
+### 笔记中的代码和它的错误
+笔记里的 `ResidualBlock` 构建了 `self.shortcut`（64→128 块中的 1x1 卷积 + BN），但 `forward` 从未使用它：
+真正起作用的是参数 `downsample`，`shortcut` 的 8,576 个参数闲置。这里每个块只有一个可以关闭的 `shortcut`
+（恒等映射，或在形状变化处的投影）；关闭后，同样的权重变成"普通"块 `relu(F(x))`。
+
+### 试一试
+1. 按 **播放**，在第 200 步左右取消 **全部残差连接开启**：损失跳升，靠近输入的层（深色线）的梯度范数下降。
+2. 选择 **ResNet-56** 重置，分别关闭和开启残差连接训练：深层普通网络几乎学不动。
+3. 画一个图形，然后关闭残差连接：权重没变，预测却变了。
+4. 把学习率设为 1000 再单步：这一步被拒绝，权重被恢复。
+"""
+
+# A chart that persists across updates: plotly.js draws into a fixed div and `Plotly.react` updates it in place,
+# so zoom and hover survive (a gr.Plot output re-creates its chart on every streamed update).
+CHART_JS = """
+const div = element.querySelector('.live-chart');
+function render() {
+  let fig = props.value;
+  if (!fig) return;
+  if (typeof fig === 'string') fig = JSON.parse(fig);
+  Plotly.react(div, fig.data, fig.layout || {}, {responsive: true, displaylogo: false});
+}
+render();
+watch('value', render);
+"""
+
+
+def live_chart(elem_id: str) -> gr.HTML:
+    return gr.HTML(value=None, html_template='<div class="live-chart" style="width:100%;height:300px"></div>',
+                   js_on_load=CHART_JS, head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
+                   elem_id=elem_id, padding=False)
+
+
+def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, **train) -> Session:
+    n = ARCHITECTURES.get(architecture)
+    return Session(TrainConfig(dataset=dataset, seed=seed, **train), cifar_config(n) if n else ResNetConfig())
+
+
+DEVICE = pick_device()
+# a CPU step already uses every core, so one at a time; a GPU interleaves a few learners' steps
+POOL = SessionPool(new_session, MAX_SESSIONS, IDLE_SECONDS, workers=4 if DEVICE.type == "cuda" else 1)
+
+
+def user_errors(fn):
+    """Turn what a user can get wrong into a message in the UI; anything else is logged, never shown raw."""
+
+    def explain(e: Exception):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, (ValueError, PoolFull)):  # bad image, bad lr, unknown dataset, full workshop
+            return gr.Error(str(e))
+        if isinstance(e, torch.OutOfMemoryError):
+            return gr.Error("The accelerator ran out of memory: try a smaller batch size.")
+        log.exception("handler %s failed", fn.__name__)
+        return gr.Error("Something went wrong on the server; your session is intact, please try again.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 -- see explain()
+                if isinstance(e, torch.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                raise explain(e) from None
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, torch.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            raise explain(e) from None
+    return plain
+
+
+# --- what the handlers show -------------------------------------------------------------------------------------
+def status_text(session: Session, report: dict | None = None) -> str:
+    s, h = session.summary(), session.history
+    lines = [f"**Step {s['step']}** · {s['device']} ({s['precision']}) · {s['depth']} layers, "
+             f"{s['parameters']:,} parameters · shortcuts on: {sum(s['shortcuts'])}/{len(s['shortcuts'])}"]
+    if h.steps:
+        last = h.steps[-1]
+        lines.append(f"training loss {last['loss']:.3f}, batch accuracy {last['acc']:.0%}")
+    if h.evals:
+        lines.append(f"held-out accuracy {h.evals[-1]['acc']:.1%} at step {h.evals[-1]['step']}")
+    for message in (report or {}).get("messages", [])[-3:]:
+        lines.append(f"⚠️ {message}")
+    return "  \n".join(lines)
+
+
+def chart_values(session: Session) -> list[dict]:
+    figs = charts.live_figures(session.history, revision=id(session.model))  # new model: zoom resets
+    return [figs["loss"], figs["accuracy"], figs["grad_norm"], figs["grad_heatmap"]]
+
+
+def prediction(session: Session, x) -> dict | None:
+    if x is None:
+        return None
+    with session.lock:
+        result = inference.predict(session.model, x, session.data.classes, k=5)
+    return dict(result["top"])
+
+
+def view(session: Session, x=None, report=None) -> list:
+    """Everything a training event updates: four charts, the status line, the prediction."""
+    return [*chart_values(session), status_text(session, report), prediction(session, x)]
+
+
+def block_choices(session: Session) -> list[str]:
+    return [f"block {i}" for i in range(1, len(session.shortcuts) + 1)]
+
+
+# --- handlers ---------------------------------------------------------------------------------------------------
+@user_errors
+def on_load(last_x, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    blocks = block_choices(session)
+    on = [b for b, s in zip(blocks, session.shortcuts) if s]
+    return [*view(session, last_x), gr.update(choices=blocks, value=on), all(session.shortcuts),
+            gr.update(choices=list(session.data.classes)),
+            gr.update(choices=list(session.layers), value="block1.conv1")]
+
+
+@user_errors
+def reset(dataset, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request):
+    if dataset not in DATASETS:
+        raise gr.Error(f"Unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}.")
+    seed = int(seed or 0)
+    session = POOL.get(request.session_hash)
+    with session.lock:
+        fresh = new_session(dataset, architecture, seed, optimizer=optimizer, lr=float(lr), batch_size=int(batch))
+    POOL.replace(request.session_hash, fresh)
+    if len(fresh.data.classes) != len(session.data.classes):
+        last_x = None  # a picture means nothing to a net with other classes
+    return on_load(last_x, request)
+
+
+@user_errors
+def configure(optimizer, lr, batch, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    try:
+        session.configure(lr=float(lr), optimizer=optimizer, batch_size=int(batch))
+    except (ValueError, TypeError) as e:
+        gr.Warning(str(e))
+        c = session.config
+        return c.optimizer, c.lr, c.batch_size
+    return gr.update(), gr.update(), gr.update()
+
+
+@user_errors
+def step(last_x, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    with POOL.compute():
+        report = session.step(1)
+    return view(session, last_x, report)
+
+
+@user_errors
+def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
+    n = int(n or 0)
+    if not 1 <= n <= 10_000:
+        raise gr.Error("N must be a whole number from 1 to 10000.")
+    session = POOL.get(request.session_hash)
+    done, chunk, messages = 0, 1, []
+    while done < n:
+        progress((done, n), desc="training", unit="steps")
+        report, chunk = timed_chunk(session, min(chunk, n - done))
+        done += report["done"] + report["rejected"]
+        messages += report["messages"]
+        yield view(session, last_x, {**report, "messages": messages})
+
+
+def timed_chunk(session: Session, chunk: int) -> tuple[dict, int]:
+    """Take `chunk` steps in one hardware slot; return the report and the chunk size that fits CHUNK_SECONDS."""
+    with POOL.compute():
+        t = time.perf_counter()
+        report = session.step(chunk)
+        seconds = time.perf_counter() - t
+    return report, max(1, min(200, int(chunk * CHUNK_SECONDS / max(seconds, 1e-3))))
+
+
+@user_errors
+def play(last_x, request: gr.Request):
+    """Train until Pause (which cancels this generator between two chunks) or PLAY_SECONDS."""
+    session = POOL.get(request.session_hash)
+    start, chunk = time.monotonic(), 1
+    while time.monotonic() - start < PLAY_SECONDS:
+        report, chunk = timed_chunk(session, chunk)
+        yield view(session, last_x, report)
+    gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
+
+
+@user_errors
+def set_all_shortcuts(on, last_x, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    session.set_shortcut(bool(on))
+    blocks = block_choices(session)
+    return [*view(session, last_x), blocks if on else []]
+
+
+@user_errors
+def set_block_shortcuts(selected, last_x, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    with session.lock:
+        for i, name in enumerate(block_choices(session), 1):
+            session.set_shortcut(name in (selected or []), i)
+    return [*view(session, last_x), all(session.shortcuts)]
+
+
+@user_errors
+def predict(value, request: gr.Request):
+    """A new image: prepare it once, keep it (as last_x) so predictions follow training, and show what each block
+    sees. An untouched pad (the page's first event) just clears the outputs."""
+    if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
+        return None, None, []
+    session = POOL.get(request.session_hash)
+    x = inference.to_tensor(value, channels=session.model_config.in_channels)
+    with session.lock:
+        result = inference.predict(session.model, x, session.data.classes, k=5)
+    gallery = [(grid, name) for name, grid in result["features"].items()]
+    return x, dict(result["top"]), gallery
+
+
+def blank_sketch() -> dict:
+    # a white background makes the brush active at once (with no value the pad asks to pick a tool first)
+    return {"background": np.full((SKETCH_SIZE, SKETCH_SIZE, 3), 255, np.uint8), "layers": [], "composite": None}
+
+
+def labelled(session: Session, last_x, label):
+    if last_x is None:
+        raise gr.Error("Draw or upload an image first (Predict tab).")
+    if label not in session.data.classes:
+        raise gr.Error("Choose the class this image shows.")
+    return last_x, torch.tensor([session.data.classes.index(label)])
+
+
+@user_errors
+def teach_step(last_x, label, layer, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    x, y = labelled(session, last_x, label)
+    with POOL.compute():
+        record = session.teach(x, y)
+    if "rejected" in record:
+        raise gr.Error(record["rejected"])
+    text = (f"Step {record['step']} on your image alone, labelled **{label}**: loss {record['loss']:.4f} "
+            f"(the notebook's one step on its one input, class 3, gave 2.2598).")
+    figure = charts.gradient_tensor_figure([record["grads"]], layer, titles=("the gradients of this step",))
+    bars = charts.grad_norm_bars_figure({"this step": record["grad_norm"]})
+    return [*view(session, last_x), text, go.Figure(figure), go.Figure(bars)]
+
+
+@user_errors
+def mix(last_x, label, request: gr.Request):
+    session = POOL.get(request.session_hash)
+    x, y = labelled(session, last_x, label)
+    session.mix_in(x, y, steps=20)
+    return f"Your **{label}** will be in each of the next 20 training batches: press Step ×N or Play."
+
+
+@user_errors
+def compare(last_x, label, layer, request: gr.Request):
+    """The same image, weights and label, with every shortcut on and then off: no step is taken."""
+    session = POOL.get(request.session_hash)
+    x, y = labelled(session, last_x, label)
+    n = len(session.shortcuts)
+    with POOL.compute():
+        on, off = session.gradients(x, y, [True] * n), session.gradients(x, y, [False] * n)
+    text = f"Loss with shortcuts on: {on['loss']:.4f} · off: {off['loss']:.4f} (no step taken)."
+    figure = charts.gradient_tensor_figure([on["grads"], off["grads"]], layer)
+    bars = charts.grad_norm_bars_figure({"shortcuts on": on["grad_norm"], "shortcuts off": off["grad_norm"]})
+    return text, go.Figure(figure), go.Figure(bars)
+
+
+def close(request: gr.Request):
+    POOL.close(request.session_hash)  # the tab is gone: free its model now, not in an hour
+
+
+def build_demo() -> gr.Blocks:
+    gr.set_static_paths([PLOTLY_JS, ASSETS])
+    examples = sorted(str(p) for p in ASSETS.glob("examples/*.png"))
+    with gr.Blocks(title="ResNet Playground") as demo:
+        last_x = gr.State(None)  # the learner's latest image as the network's (1, 3, 32, 32) input
+        gr.Markdown(I18N("title"))
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                with gr.Group():
+                    with gr.Row():
+                        step_btn = gr.Button(I18N("step"), variant="primary", elem_id="step")
+                        play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play")
+                        pause_btn = gr.Button(I18N("pause"), elem_id="pause")
+                    with gr.Row():
+                        n_steps = gr.Number(50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1)
+                        step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n")
+                status = gr.Markdown(elem_id="status")
+                all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
+                blocks_on = gr.CheckboxGroup([], label=I18N("block_shortcuts"), elem_id="block_shortcuts")
+                with gr.Accordion(I18N("train"), open=True):
+                    optimizer = gr.Radio(["adam", "sgd"], value="adam", label=I18N("optimizer"))
+                    lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
+                    batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
+                    dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
+                    architecture = gr.Dropdown(list(ARCHITECTURES), value=list(ARCHITECTURES)[0],
+                                               label=I18N("architecture"))
+                    seed = gr.Number(0, label=I18N("seed"), precision=0)
+                    reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
+                with gr.Row():
+                    grad_chart, heat_chart = live_chart("chart-grad"), live_chart("chart-heat")
+        with gr.Tabs():
+            with gr.Tab(I18N("predict"), id="predict"):
+                with gr.Row():
+                    with gr.Column():
+                        with gr.Tabs():
+                            with gr.Tab(I18N("draw")):
+                                sketch = gr.Sketchpad(
+                                    value=blank_sketch(), canvas_size=(SKETCH_SIZE, SKETCH_SIZE), fixed_canvas=True,
+                                    height=SKETCH_SIZE + 62, image_mode="RGB", type="numpy", layers=False,
+                                    transforms=(), sources=(), elem_id="sketch", label=I18N("draw"),
+                                    brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"),
+                                    eraser=gr.Eraser(default_size=14))
+                                clear_btn = gr.Button(I18N("clear"), size="sm")
+                            with gr.Tab(I18N("upload")):
+                                image = gr.Image(type="filepath", sources=("upload", "clipboard", "webcam"),
+                                                 label=I18N("upload"), elem_id="upload", height=300)
+                                if examples:
+                                    gr.Examples(examples, inputs=image, label=I18N("examples"))
+                    with gr.Column():
+                        label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
+                        features = gr.Gallery(label=I18N("features"), columns=4, height=260, object_fit="contain")
+            with gr.Tab(I18N("teach"), id="teach"):
+                with gr.Row():
+                    true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
+                    layer = gr.Dropdown([], label=I18N("layer"))
+                with gr.Row():
+                    teach_btn = gr.Button(I18N("teach_step"), variant="primary", elem_id="teach_step")
+                    mix_btn = gr.Button(I18N("mix"))
+                    compare_btn = gr.Button(I18N("compare"), elem_id="compare")
+                teach_text = gr.Markdown()
+                with gr.Row():
+                    grad_tensor = gr.Plot(label="gradient tensor")
+                    grad_norms = gr.Plot(label="gradient norm per layer")
+            with gr.Tab(I18N("learn"), id="learn"):
+                with gr.Tabs():
+                    with gr.Tab("English"):
+                        gr.Markdown(LEARN_EN)
+                    with gr.Tab("中文"):
+                        gr.Markdown(LEARN_ZH)
+
+        train_out = [loss_chart, acc_chart, grad_chart, heat_chart, status, label]
+        setup_out = [*train_out, blocks_on, all_on, true_label, layer]
+        train = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # real limit: POOL.compute()
+        demo.load(on_load, last_x, setup_out, api_name="load")
+        reset_btn.click(reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], setup_out,
+                        api_name="reset", **train)
+        # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
+        gr.on([optimizer.change, lr.submit, lr.blur, batch.submit, batch.blur], configure, [optimizer, lr, batch],
+              [optimizer, lr, batch], api_name="configure")
+        step_btn.click(step, last_x, train_out, api_name="step", **train)
+        step_n_btn.click(step_n, [n_steps, last_x], train_out, api_name="step_n", **train)
+        playing = play_btn.click(play, last_x, train_out, api_name="play", **train)
+        pause_btn.click(None, None, None, cancels=[playing], api_name="pause")
+        all_on.input(set_all_shortcuts, [all_on, last_x], [*train_out, blocks_on], api_name="all_shortcuts")
+        blocks_on.input(set_block_shortcuts, [blocks_on, last_x], [*train_out, all_on], api_name="block_shortcuts")
+        predict_out = [last_x, label, features]
+        sketch.input(predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4,
+                     concurrency_id="predict")
+        image.change(predict, image, predict_out, api_name="predict_image", concurrency_id="predict")
+        clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
+        teach_out = [*train_out, teach_text, grad_tensor, grad_norms]
+        teach_btn.click(teach_step, [last_x, true_label, layer], teach_out, api_name="teach", **train)
+        mix_btn.click(mix, [last_x, true_label], teach_text, api_name="mix")
+        compare_btn.click(compare, [last_x, true_label, layer], [teach_text, grad_tensor, grad_norms],
+                          api_name="compare", **train)
+        demo.unload(close)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Launch as a public app should be: bounded uploads, messages instead of tracebacks, only assets served."""
+    demo.queue(default_concurrency_limit=8)
+    return demo.launch(i18n=I18N, max_file_size="10mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs)
+
 
 if __name__ == "__main__":
-    raise SystemExit("The web app is not built yet: use `python -m resnet train`.")
+    logging.basicConfig(level=logging.INFO)
+    launch(build_demo())

@@ -126,6 +126,7 @@ class Session:
             self.weights = [m.weight for m in self.layers.values()]
             self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
             self._order, self._cursor = None, 0
+            self._mixed = None  # (x, y, steps left): the learner's own images, mixed into the next batches
             self.step_count = 0
             self.history = History(self.config.history_points)
             self._make_optimizer()
@@ -194,10 +195,15 @@ class Session:
             self._cursor = 0
         idx = self._order[self._cursor : self._cursor + b]
         self._cursor += b
-        x = normalize(self.data.train_x[idx])  # (B, 3, 32, 32) float32
+        x, y = normalize(self.data.train_x[idx]), self.data.train_y[idx]  # (B, 3, 32, 32) float32, (B,)
+        if self._mixed is not None:  # the learner's images take the last places of the batch
+            mx, my, left = self._mixed
+            m = min(len(my), b)
+            x, y = torch.cat([x[: b - m], mx[:m]]), torch.cat([y[: b - m], my[:m]])
+            self._mixed = (mx, my, left - 1) if left > 1 else None
         if self.config.augment:
             x = augment(x, self.generator)
-        return x.contiguous(memory_format=self.memory_format), self.data.train_y[idx]
+        return x.contiguous(memory_format=self.memory_format), y
 
     def _live_tensors(self) -> list[torch.Tensor]:
         """Everything a step changes, tracked weights first: parameters, BN statistics, optimizer moments."""
@@ -311,9 +317,7 @@ class Session:
                 x = x.to(self.device).contiguous(memory_format=self.memory_format)
                 loss = F.cross_entropy(self.model(x), y.to(self.device))
                 loss.backward()
-                # a projection whose shortcut is off gets no gradient: zero, not missing
-                grads = {n: (m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)).float().cpu()
-                         for n, m in self.layers.items()}
+                grads = self._layer_grads()
             finally:
                 for i, on in enumerate(before, 1):
                     self.model.set_shortcut(on, i)
@@ -322,16 +326,28 @@ class Session:
             return {"loss": loss.item(), "grad_norm": {n: g.norm().item() for n, g in grads.items()}, "grads": grads}
 
     def teach(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """One optimizer step on the learner's own labelled image(s), recorded in the history like any step."""
+        """One optimizer step on the learner's own labelled image(s), recorded in the history like any step.
+        Returns the step's record plus "grads": {layer: the weight gradient this step applied, on the CPU}."""
         with self.lock:
             x = x.to(self.device).contiguous(memory_format=self.memory_format)
             record = self.train_step(x, y.to(self.device))
             if "rejected" in record:
                 self.history.add_event(self.step_count, "rejected", record["rejected"])
-            else:
-                self.history.add_step(record)
-                self.history.add_event(self.step_count, "teach", "a step on your image")
-            return record
+                return record
+            self.history.add_step(record)
+            self.history.add_event(self.step_count, "teach", "a step on your image")
+            return {**record, "grads": self._layer_grads()}
+
+    def _layer_grads(self) -> dict[str, torch.Tensor]:
+        # a projection whose shortcut is off gets no gradient: zero, not missing
+        return {n: (m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)).float().cpu()
+                for n, m in self.layers.items()}
+
+    def mix_in(self, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> None:
+        """Put the learner's labelled image(s) into each of the next `steps` training batches."""
+        with self.lock:
+            self._mixed = (x.to(self.device), y.to(self.device), int(steps))
+            self.history.add_event(self.step_count, "teach", f"your image mixed into the next {steps} batches")
 
     def summary(self) -> dict:
         """What the UI shows beside the charts, as plain data."""

@@ -43,9 +43,11 @@ def to_tensor(value, size: int = 32, channels: int = 3) -> torch.Tensor:
 
 
 def predict(model, value, classes, k: int = 3, device=None) -> dict:
-    """{"top": [(class, prob)] * k, "probs": {class: prob}, "features": {"stem": uint8 grid, "block1": ...}}."""
+    """{"top": [(class, prob)] * k, "probs": {class: prob}, "features": {"stem": uint8 grid, "block1": ...}}.
+    `value` is anything `to_tensor` takes, or its result."""
     device = device or next(model.parameters()).device
-    x = to_tensor(value, channels=model.config.in_channels).to(device)
+    x = value if torch.is_tensor(value) else to_tensor(value, channels=model.config.in_channels)  # (1, C, 32, 32)
+    x = x.to(device)
     was_training = model.training
     model.eval()  # BatchNorm must use its running statistics: a batch of one image has none of its own
     try:

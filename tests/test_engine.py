@@ -158,5 +158,19 @@ def test_teach_takes_one_recorded_step():
     from resnet.data import normalize
 
     record = s.teach(normalize(s.data.train_x[:1]), s.data.train_y[:1])
-    assert record["step"] == 1 and s.history.steps[-1] is record
+    assert record["step"] == 1 and s.history.steps[-1]["step"] == 1
+    assert record["grads"]["block1.conv1"].shape == (64, 64, 3, 3)  # the notebook prints these for layer2
     assert s.history.events[-1]["kind"] == "teach"
+
+
+def test_mixed_in_image_sits_in_the_next_batches_only():
+    s = session(augment=False)
+    from resnet.data import normalize
+
+    x, y = normalize(s.data.test_x[:1]), torch.tensor([7])
+    s.mix_in(x, y, steps=2)
+    for _ in range(2):
+        bx, by = s.next_batch()
+        assert torch.equal(bx[-1:], x) and by[-1].item() == 7 and len(by) == 16
+    bx, _ = s.next_batch()
+    assert not torch.equal(bx[-1:], x)

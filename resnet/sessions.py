@@ -1,0 +1,79 @@
+"""Many learners on one machine: a bounded pool of training sessions and a fair share of the hardware.
+
+Each browser tab gets its own `Session` (model, optimizer, history), found by a key the web server gives it.
+Sessions are freed when their tab closes or after an idle limit, and at most `max_sessions` live at once. Training
+takes a slot from `workers` (1 on a CPU, whose cores one step already uses; a few on a GPU) one chunk of steps at a
+time, so thirty learners pressing Play take turns instead of slowing each other, and nothing else waits on it.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from .engine import Session
+
+
+class PoolFull(RuntimeError):
+    """No room for another session; the message is meant for the user."""
+
+
+class SessionPool:
+    def __init__(self, make: Callable[[], Session], max_sessions: int = 32, idle_seconds: float = 1800,
+                 workers: int = 1):
+        self.make = make  # builds a fresh Session for a new learner
+        self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
+        self.idle_seconds = idle_seconds  # a session untouched this long is freed
+        self._sessions: dict[str, Session] = {}
+        self._used: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(workers)
+
+    def get(self, key: str) -> Session:
+        """This learner's session, created on first use."""
+        with self._lock:
+            self._sweep()
+            if key not in self._sessions:
+                if len(self._sessions) >= self.max_sessions:
+                    raise PoolFull(f"All {self.max_sessions} seats are taken. Please try again in a few minutes.")
+                self._sessions[key] = None  # reserve the seat; build outside the lock (it takes a moment)
+            session = self._sessions[key]
+            self._used[key] = time.monotonic()
+        if session is None:
+            try:
+                session = self.make()
+            except Exception:
+                with self._lock:
+                    self._sessions.pop(key, None)
+                raise
+            with self._lock:
+                if self._sessions.get(key) is None:
+                    self._sessions[key] = session
+                session = self._sessions[key]
+        return session
+
+    def replace(self, key: str, session: Session) -> None:
+        with self._lock:
+            self._sessions[key] = session
+            self._used[key] = time.monotonic()
+
+    def close(self, key: str) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+            self._used.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(s is not None for s in self._sessions.values())
+
+    def _sweep(self):
+        now = time.monotonic()
+        for key in [k for k, t in self._used.items() if now - t > self.idle_seconds]:
+            self._sessions.pop(key, None)
+            self._used.pop(key, None)
+
+    @contextmanager
+    def compute(self):
+        """Hold one of the hardware's training slots for the duration of a chunk of steps."""
+        with self._slots:
+            yield
