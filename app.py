@@ -313,6 +313,21 @@ def predict(value, request: gr.Request):
     return x, dict(result["top"]), gallery
 
 
+def judged_by_us(component: gr.Image) -> gr.Image:
+    """gradio opens an upload before the handler sees it and fails on a junk or bomb file with its own message;
+    pass such a file's path on instead, so resnet.inference can say what is wrong in a learner's words."""
+    decode = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except Exception:  # noqa: BLE001 -- whatever it was, inference re-reads the file and explains
+            return payload.path if payload is not None else None
+
+    component.preprocess = preprocess
+    return component
+
+
 def blank_sketch() -> dict:
     # a white background makes the brush active at once (with no value the pad asks to pick a tool first)
     return {"background": np.full((SKETCH_SIZE, SKETCH_SIZE, 3), 255, np.uint8), "layers": [], "composite": None}
@@ -414,8 +429,9 @@ def build_demo() -> gr.Blocks:
                                     eraser=gr.Eraser(default_size=14))
                                 clear_btn = gr.Button(I18N("clear"), size="sm")
                             with gr.Tab(I18N("upload")):
-                                image = gr.Image(type="filepath", sources=("upload", "clipboard", "webcam"),
-                                                 label=I18N("upload"), elem_id="upload", height=300)
+                                image = judged_by_us(gr.Image(
+                                    type="filepath", sources=("upload", "clipboard", "webcam"), label=I18N("upload"),
+                                    elem_id="upload", height=300))
                                 if examples:
                                     gr.Examples(examples, inputs=image, label=I18N("examples"))
                     with gr.Column():

@@ -1,0 +1,140 @@
+"""The launched app through its HTTP API (gradio_client), as a learner's browser or a script would use it.
+
+Each Client is its own session, so these also check that learners don't see each other's training.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@pytest.fixture()
+def client(app_url):
+    c = Client(app_url, verbose=False)
+    c.predict(api_name="/load")
+    return c
+
+
+def status_of(outputs) -> str:
+    return outputs[4]  # loss, accuracy, grad norm, heatmap charts, then the status line
+
+
+def test_step_updates_charts_and_status(client):
+    out = client.predict(api_name="/step")
+    assert "**Step 1**" in status_of(out)
+    loss = out[0]
+    assert loss["data"][0]["x"] == [1] and np.isfinite(loss["data"][0]["y"][0])
+    grad = out[2]
+    assert {t["name"] for t in grad["data"]} >= {"stem", "block1.conv1", "fc"}
+    assert grad["layout"]["yaxis"]["type"] == "log"
+
+
+def test_sessions_are_separate(app_url):
+    a, b = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    for c in (a, b):
+        c.predict(api_name="/load")
+    a.predict(api_name="/step")
+    a.predict(api_name="/step")
+    out = b.predict(api_name="/step")
+    assert "**Step 1**" in status_of(out)  # b's first step, whatever a did
+
+
+def test_play_streams_until_paused(client):
+    job = client.submit(api_name="/play")
+    seen = []
+    for out in job:
+        seen.append(status_of(out))
+        if len(seen) == 3:
+            job.cancel()
+            break
+    assert len(seen) == 3
+    time.sleep(2)
+    after = status_of(client.predict(api_name="/step"))
+    steps = int(after.split("**Step ")[1].split("**")[0])
+    time.sleep(2)
+    again = status_of(client.predict(api_name="/step"))
+    assert int(again.split("**Step ")[1].split("**")[0]) == steps + 1  # nothing trains behind our back
+
+
+def test_switching_shortcuts_is_live_and_marked_on_the_charts(client):
+    client.predict(api_name="/step")
+    out = client.predict(False, api_name="/all_shortcuts")
+    assert "shortcuts on: 0/3" in status_of(out) and out[-1] == []
+    assert any("shortcut off" in a["text"] for a in out[0]["layout"]["annotations"])
+    out = client.predict(["block 2"], api_name="/block_shortcuts")
+    assert "shortcuts on: 1/3" in status_of(out) and out[-1] is False
+
+
+def test_predict_an_image_file_and_a_sketchpad_drawing(client, tmp_path):
+    label, gallery = client.predict(handle_file(str(ASSETS / "examples" / "star.png")),
+                                            api_name="/predict_image")
+    assert len(label["confidences"]) == 5 and label["label"]
+    assert sum(c["confidence"] for c in label["confidences"]) <= 1.0001
+    assert [caption for _, caption in [(g["image"], g["caption"]) for g in gallery]][:2] == ["stem", "block1"]
+
+    pad = np.full((280, 280, 3), 255, np.uint8)
+    pad[100:180, 100:108] = 0  # a bar, drawn
+    path = tmp_path / "drawing.png"
+    Image.fromarray(pad).save(path)
+    payload = {"background": handle_file(str(path)), "layers": [], "composite": handle_file(str(path)), "id": None}
+    label, _ = client.predict(payload, api_name="/predict_sketch")
+    assert len(label["confidences"]) == 5
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is not an image at all", "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not an image"),
+])
+def test_a_bad_upload_gets_a_clear_message_and_the_session_goes_on(client, tmp_path, content, message):
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(path)), api_name="/predict_image")
+    assert "**Step 1**" in status_of(client.predict(api_name="/step"))
+
+
+def test_an_empty_drawing_says_so(client, tmp_path):
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (280, 280), "white").save(path)
+    payload = {"background": handle_file(str(path)), "layers": [], "composite": handle_file(str(path)), "id": None}
+    with pytest.raises(AppError, match="empty"):
+        client.predict(payload, api_name="/predict_sketch")
+
+
+@pytest.mark.parametrize("lr, batch", [(0, 64), (-1, 64), (1e6, 64), (0.001, 0), (0.001, 10**6)])
+def test_a_bad_learning_rate_or_batch_is_refused_and_the_old_one_kept(client, lr, batch):
+    assert client.predict("adam", lr, batch, api_name="/configure") == ("adam", 0.001, 64)
+
+
+def test_a_good_configuration_is_used_by_the_next_step(client):
+    optimizer, lr, batch = client.predict("sgd", 0.05, 32, api_name="/configure")
+    out = client.predict(api_name="/step")
+    assert "**Step 1**" in status_of(out)
+
+
+def test_teach_takes_one_step_on_your_image_and_compare_takes_none(client):
+    with pytest.raises(AppError, match="Draw or upload"):
+        client.predict("circle", "block1.conv1", api_name="/teach")
+    # the session keeps its latest image: predict first, then teach it in the same session
+    client.predict(handle_file(str(ASSETS / "examples" / "circle.png")), api_name="/predict_image")
+    text, tensor, bars = client.predict("circle", "block1.conv1", api_name="/compare")
+    assert "shortcuts on" in text and "no step" in text
+    out = client.predict("circle", "block1.conv1", api_name="/teach")
+    assert "**Step 1**" in status_of(out)  # teaching is a real, recorded step
+    assert "Step 1 on your image" in out[6]
+    with pytest.raises(AppError, match="not in the list of choices"):
+        client.predict("not-a-class", "block1.conv1", api_name="/teach")
+
+
+def test_reset_builds_a_deeper_net_with_its_own_switches(client):
+    out = client.predict("shapes", "ResNet-20", 1, "adam", 0.001, 64, api_name="/reset")
+    assert "20 layers" in status_of(out)
+    with pytest.raises(AppError, match="Unknown dataset"):
+        client.predict("imagenet", "ResNet-20", 1, "adam", 0.001, 64, api_name="/reset")
