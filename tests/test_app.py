@@ -136,5 +136,5 @@ def test_teach_takes_one_step_on_your_image_and_compare_takes_none(client):
 def test_reset_builds_a_deeper_net_with_its_own_switches(client):
     out = client.predict("shapes", "ResNet-20", 1, "adam", 0.001, 64, api_name="/reset")
     assert "20 layers" in status_of(out)
-    with pytest.raises(AppError, match="Unknown dataset"):
+    with pytest.raises(AppError, match="imagenet is not in the list"):
         client.predict("imagenet", "ResNet-20", 1, "adam", 0.001, 64, api_name="/reset")
