@@ -263,12 +263,13 @@ class Session:
             record["update_ratio"] = dict(zip(names, ratios))
         return record
 
-    def step(self, n: int = 1) -> dict:
-        """Take n training steps. Returns {"step", "done", "rejected", "messages", "last"} as plain data."""
+    def step(self, n: int = 1, batch=None) -> dict:
+        """Take n training steps. Returns {"step", "done", "rejected", "messages", "last"} as plain data.
+        `batch`: a function giving each step's (x, y) instead of `next_batch` (twins share one batch stream)."""
         done, messages, last = 0, [], None
         with self.lock:
             for _ in range(int(n)):
-                record = self.train_step(*self.next_batch())
+                record = self.train_step(*(batch or self.next_batch)())
                 if "rejected" in record:
                     messages.append(record["rejected"])
                     self.history.add_event(self.step_count, "rejected", record["rejected"])
