@@ -6,6 +6,7 @@ rendered with enough variety and clutter that a ResNet has to train for a few hu
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +61,7 @@ def _dist_segments(q: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     return torch.hypot(wx.sub_(t * ex), wy.sub_(t * ey))
 
 
-def _polygon(*corners) -> callable:
+def _polygon(*corners) -> Callable[[torch.Tensor], torch.Tensor]:
     """Signed distance to a polygon (negative inside); inside is where a ray to the right crosses an odd count."""
     seg = _segments(*corners, corners[0])
     a, b = seg[:, 0], seg[:, 1]
@@ -73,7 +74,7 @@ def _polygon(*corners) -> callable:
     return sd
 
 
-def _strokes(*polylines) -> callable:
+def _strokes(*polylines) -> Callable[[torch.Tensor], torch.Tensor]:
     seg = torch.cat([_segments(*p) for p in polylines])
     return lambda q: _dist_segments(q, seg).amin(-1)
 
@@ -114,7 +115,10 @@ SHAPES = tuple(_CLASSES)
 def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """One image (3, 32, 32) uint8 per label, all at once; every random draw comes from g, in a fixed order."""
     n = len(labels)
-    u = lambda *shape: torch.rand(*shape, generator=g)
+
+    def u(*shape):  # uniform [0, 1) draws, always from g
+        return torch.rand(*shape, generator=g)
+
     yx = torch.stack(torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij"), -1)
     pix = yx.flip(-1).reshape(1, 1024, 2) + 0.5  # (1, P, 2) pixel centres as (x, y), P = 32 * 32
 
@@ -171,12 +175,15 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def _split(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n images and their labels: balanced (equal counts when 10 divides n), shuffled."""
     labels = (torch.arange(n) % len(SHAPES))[torch.randperm(n, generator=g)]
-    # 500 at a time: small temporaries are reused by malloc; one pass over 10000 images takes 3x the CPU time
+    # 500 at a time: small temporaries are reused by malloc; one pass over 10000 images takes 2-3x the CPU
     return torch.cat([_render(chunk, g) for chunk in labels.split(500)]), labels
 
 
 def make_shapes(n_train: int = 10000, n_test: int = 2000, seed: int = 0) -> Dataset:
     """The embedded dataset; train and test come from different generator streams of the same seed."""
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"need at least one image per split, got n_train={n_train}, n_test={n_test}")
+    # stream 2 * seed + split: no seed's test set is another seed's training set
     (train_x, train_y), (test_x, test_y) = (_split(n, torch.Generator().manual_seed(2 * seed + k))
                                             for k, n in enumerate((n_train, n_test)))
     return Dataset("shapes", SHAPES, train_x, train_y, test_x, test_y)
@@ -188,7 +195,8 @@ _CACHE: dict[tuple[str, str], Dataset] = {}  # (name, device) -> the one copy ev
 _LOCK = threading.Lock()  # two sessions starting at once must not build the same dataset twice
 
 
-def register(name: str, builder) -> None:
+def register(name: str, builder: Callable[[], Dataset]) -> None:
+    """Make builder() loadable as name; it runs once, on the first load_dataset(name)."""
     with _LOCK:
         DATASETS[name] = builder
         for key in [k for k in _CACHE if k[0] == name]:  # a re-registered name must not serve the old data
@@ -196,6 +204,7 @@ def register(name: str, builder) -> None:
 
 
 def load_dataset(name: str = "shapes", device="cpu") -> Dataset:
+    """The dataset called name on device, built on first use and then shared: never write into its tensors."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     device = str(torch.empty(0, device=device).device)  # "cuda" -> "cuda:0": one key per real device
@@ -220,4 +229,5 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     rows = dy + torch.arange(h, device=x.device)  # (B, H)
     cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1, device=x.device), torch.arange(w, device=x.device))
     sample, channel = torch.arange(b, device=x.device), torch.arange(c, device=x.device)
+    # the four index tensors broadcast to (B, C, H, W): one gather for the whole batch
     return padded[sample[:, None, None, None], channel[:, None, None], rows[:, None, :, None], cols[:, None, None, :]]

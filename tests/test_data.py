@@ -37,6 +37,8 @@ def test_classes_are_balanced_and_shuffled(shapes):
     assert torch.bincount(shapes.train_y, minlength=10).tolist() == [100] * 10
     assert torch.bincount(shapes.test_y, minlength=10).tolist() == [50] * 10
     assert (shapes.train_y[1:] == shapes.train_y[:-1] + 1).float().mean() < 0.3  # not 0, 1, 2, ... in order
+    uneven = torch.bincount(make_shapes(n_train=25, n_test=7).train_y, minlength=10)
+    assert uneven.sum() == 25 and uneven.max() - uneven.min() == 1  # as even as 25 allows
 
 
 def test_train_and_test_are_different_images(shapes):
@@ -45,11 +47,16 @@ def test_train_and_test_are_different_images(shapes):
 
 
 def test_nearest_class_mean_is_above_chance_but_far_from_perfect(shapes):
-    # raw pixels carry some class signal (neither noise nor trivial): a ResNet has something to learn
-    x, xt = shapes.train_x.flatten(1).float(), shapes.test_x.flatten(1).float()
-    means = torch.stack([x[shapes.train_y == c].mean(0) for c in range(10)])  # (10, 3072)
+    # on ink maps (distance of each grey pixel from the image's median, so colours drop out) the class means
+    # carry some signal, measured 0.20-0.27 over seeds: neither noise nor a task solved without learning
+    def ink(x):  # (N, 3, 32, 32) uint8 -> (N, 1024)
+        grey = x.float().mean(1).flatten(1)
+        return (grey - grey.median(1, keepdim=True).values).abs()
+
+    x, xt = ink(shapes.train_x), ink(shapes.test_x)
+    means = torch.stack([x[shapes.train_y == c].mean(0) for c in range(10)])  # (10, 1024)
     acc = (torch.cdist(xt, means).argmin(1) == shapes.test_y).float().mean().item()
-    assert 0.12 < acc < 0.4
+    assert 0.15 < acc < 0.45
 
 
 def test_normalize_maps_0_and_255_to_minus_and_plus_2():
@@ -75,7 +82,7 @@ def test_load_dataset_builds_once_and_register_replaces(monkeypatch):
     assert len(load_dataset("tiny").train_y) == 30
 
 
-def test_dataset_to_copies_every_tensor(shapes):
+def test_dataset_to_moves_every_tensor(shapes):
     moved = shapes.to("cpu")
     assert moved is not shapes and moved.classes == shapes.classes
     assert torch.equal(moved.test_x, shapes.test_x)
@@ -125,3 +132,11 @@ def test_augment_is_a_flip_and_a_shift_of_each_sample(batch):
     assert {flip for _, _, flip in found} == {False, True}  # each sample flips on its own coin
     assert len({(dy, dx) for dy, dx, _ in found}) > 20  # and shifts by its own offset
     assert found.count((4, 4, False)) < 5  # the identity is 1 of 162 choices: pixels do move
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_augment_runs_on_the_gpu_with_a_gpu_generator(batch):
+    x = batch.cuda()
+    a = augment(x, torch.Generator(device="cuda").manual_seed(0))
+    assert a.device == x.device and torch.equal(a, augment(x, torch.Generator(device="cuda").manual_seed(0)))
+    assert load_dataset("shapes", device="cuda").train_x.device.type == "cuda"
