@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .data import augment, load_dataset, normalize
+from .data import Dataset, augment, load_dataset, normalize
 from .model import ResNet, ResNetConfig
 
 OPTIMIZERS = ("adam", "sgd")
@@ -99,14 +99,18 @@ class History:
 class Session:
     """One learner's training run. Not shared between users; `lock` guards it against the app's threads."""
 
-    def __init__(self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None):
+    def __init__(self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None,
+                 data: Dataset | None = None):
+        """`data`: a dataset of this learner's own (an uploaded zip) instead of the registered `config.dataset`."""
         self.config = config or TrainConfig()
+        if data is not None:
+            self.config = replace(self.config, dataset=data.name)
         self.lock = threading.RLock()
         self.device = pick_device(self.config.device)
         self.precision = pick_precision(self.config.precision, self.device)
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
-        self.data = load_dataset(self.config.dataset, self.device)
+        self.data = data.to(self.device) if data is not None else load_dataset(self.config.dataset, self.device)
         self.model_config = replace(model_config or ResNetConfig(), num_classes=len(self.data.classes))
         self.reset(self.config.seed)
 

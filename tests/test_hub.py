@@ -1,0 +1,129 @@
+"""Hub datasets, zip uploads and checkpoints, on small data made here in the real formats; no network."""
+
+import io
+import json
+import zipfile
+
+import huggingface_hub.constants
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from resnet import checkpoint, hub
+from resnet.engine import Session, TrainConfig
+from resnet.model import ResNet, ResNetConfig
+
+
+def png(colour, size=32, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "CACHE", tmp_path / "cache")
+
+
+def write_parquet(path, column, images, labels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({column: [{"bytes": b, "path": None} for b in images], "label": labels}), path)
+
+
+def test_a_parquet_file_in_cifar10s_schema_loads_through_the_hub_code_path(offline, tmp_path):
+    spec = hub.HUB_DATASETS["cifar10"]
+    write_parquet(tmp_path / "hub" / spec.train, "img", [png((255, 0, 0)), png((0, 0, 255))] * 3, [0, 9] * 3)
+    write_parquet(tmp_path / "hub" / spec.test, "img", [png((0, 255, 0))], [6])
+    data = hub.load_hub("cifar10", local_dir=tmp_path / "hub")
+    assert data.train_x.shape == (6, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.train_y.tolist() == [0, 9] * 3 and data.classes[9] == "truck"
+    assert data.train_x[0, :, 5, 5].tolist() == [255, 0, 0]
+    assert (hub.CACHE / "cifar10-main.pt").exists()  # decoded once; the next load skips the parquet
+    assert torch.equal(hub.load_hub("cifar10").test_x, data.test_x)
+
+
+def test_grayscale_28px_images_become_3_channel_32px(offline, tmp_path):
+    spec = hub.HUB_DATASETS["mnist"]
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255
+    buf = io.BytesIO()
+    Image.fromarray(digit).save(buf, format="PNG")
+    write_parquet(tmp_path / "hub" / spec.train, "image", [buf.getvalue()] * 2, [1, 1])
+    write_parquet(tmp_path / "hub" / spec.test, "image", [buf.getvalue()], [1])
+    x = hub.load_hub("mnist", local_dir=tmp_path / "hub").train_x
+    assert x.shape == (2, 3, 32, 32)
+    assert x[0, :, 16, 16].tolist() == [255, 255, 255] and x[0, 0, 0, 0] == 0  # centred on its own background
+
+
+def test_offline_without_the_files_is_a_clear_message(offline, tmp_path):
+    with pytest.raises(hub.DataError, match="offline.*'shapes'"):
+        hub.load_hub("fashion_mnist", local_dir=tmp_path / "empty")
+
+
+def make_zip(path, entries: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_a_zip_of_class_folders_becomes_a_dataset_a_session_trains_on(tmp_path):
+    entries = {f"cat/{i}.png": png((200, 100, 0)) for i in range(5)}
+    entries |= {f"dog/{i}.jpg": png((0, 100, 200)) for i in range(5)}
+    entries["__MACOSX/._cat"] = b"junk"
+    data = hub.load_zip(make_zip(tmp_path / "pets.zip", entries))
+    assert data.classes == ("cat", "dog")
+    assert len(data.train_y) == 8 and len(data.test_y) == 2 and sorted(data.test_y.tolist()) == [0, 1]
+    session = Session(TrainConfig(batch_size=4, eval_every=0), data=data)
+    assert session.step(2)["done"] == 2 and session.config.dataset == "zip:pets"
+
+
+@pytest.mark.parametrize("entries, limits, reason", [
+    ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/notes.txt": b"hello"}, {}, "not an image file"),
+    ({"cat/a.png": png(0), "../dog/b.png": png(0)}, {}, "outside the archive"),
+    ({"/etc/a.png": png(0), "dog/b.png": png(0)}, {}, "outside the archive"),
+    ({"cat/a.png": png(0), "cat/b.png": png(0)}, {}, "at least 2 are needed"),
+    ({f"c{i % 2}/{i}.png": png(0) for i in range(12)}, {"max_files": 10}, "limit is 10"),
+    ({"cat/a.png": png(0), "dog/b.png": b"\x89PNG\r\n\x1a\n truncated"}, {}, "could not be read"),
+    ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/c.png": png(0)}, {}, "too few in: dog"),
+    ({"a.png": png(0), "dog/b.png": png(0)}, {}, "not inside a class folder"),
+    ({"cat/a.png": png(0), "dog/b.png": b"\0" * 10_000}, {"max_unpacked": 5_000}, "unpacks to more"),
+])
+def test_bad_zips_are_refused_with_the_reason(tmp_path, entries, limits, reason):
+    with pytest.raises(hub.DataError, match=reason):
+        hub.load_zip(make_zip(tmp_path / "bad.zip", entries), hub.ZipLimits(**limits))
+
+
+def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
+    (tmp_path / "x.zip").write_bytes(b"PK but not really")
+    with pytest.raises(hub.DataError, match="not a zip"):
+        hub.load_zip(tmp_path / "x.zip")
+
+
+def test_checkpoint_round_trip_gives_identical_outputs_and_shortcut_states(tmp_path):
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(widths=(8, 16), blocks=(1, 1), stem_width=8, num_classes=3)).eval()
+    model.set_shortcut(False, block=2)
+    checkpoint.save(model, tmp_path / "ckpt", classes=["a", "b", "c"], dataset="shapes")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["shortcuts"] == [True, False] and config["architecture"]["widths"] == [8, 16]
+    loaded = checkpoint.load(tmp_path / "ckpt")
+    assert loaded.shortcuts == [True, False] and loaded.classes == ["a", "b", "c"] and not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
+    checkpoint.save(ResNet(ResNetConfig(widths=(8,), blocks=(1,), stem_width=8)), tmp_path / "small", classes="ab" * 5)
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    config["architecture"]["widths"] = [16]  # the weights no longer fit the architecture it claims
+    (tmp_path / "small" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this app"):
+        checkpoint.load(tmp_path / "small")
+    target = ResNet()
+    with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
+        checkpoint.load_into(target, ResNet(ResNetConfig(widths=(8,), blocks=(1,), stem_width=8)))
