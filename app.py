@@ -8,6 +8,7 @@ import functools
 import inspect
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,13 +18,14 @@ import plotly
 import plotly.graph_objects as go
 import torch
 
-from resnet import charts, inference
+from resnet import charts, checkpoint, hub, inference
 from resnet.data import DATASETS
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.model import ResNetConfig, cifar_config
 from resnet.sessions import PoolFull, SessionPool
 
 ASSETS = Path(__file__).parent / "assets"
+PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1000 --save assets/shapes-resnet`
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: works offline
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
@@ -45,7 +47,10 @@ I18N = gr.I18n(
         "clear": "Clear drawing", "prediction": "What the network sees", "features": "What each block sees",
         "teach": "Teach it your image", "label": "This image is a…", "teach_step": "Take one step on it (alone)",
         "mix": "Mix it into the next 20 batches", "compare": "Gradients: shortcut on vs off", "layer": "Layer",
-        "learn": "Learn", "status": "Status", "examples": "Examples"},
+        "learn": "Learn", "status": "Status", "examples": "Examples", "data_model": "Your data, your model",
+        "zip": "A .zip of class folders (cat/…, dog/…)", "use_zip": "Train on my zip", "download": "Download model",
+        "model_file": "Model file (.zip)", "repo": "Hugging Face repo id", "load": "Load model (file or repo)",
+        "token": "Hub write token (used once, never stored)", "push": "Push model to my Hub repo"},
     zh={"title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
                  "画一个图形，看看它怎么认。",
         "train": "训练", "dataset": "数据集", "architecture": "网络", "seed": "随机种子", "reset": "重置",
@@ -56,7 +61,10 @@ I18N = gr.I18n(
         "clear": "清空画板", "prediction": "网络的判断", "features": "每个残差块看到的特征图",
         "teach": "用你的图片教它", "label": "这张图是…", "teach_step": "用它单独训练一步",
         "mix": "混入接下来的 20 个批次", "compare": "梯度：连接开 vs 关", "layer": "层",
-        "learn": "学习", "status": "状态", "examples": "示例"},
+        "learn": "学习", "status": "状态", "examples": "示例", "data_model": "你的数据，你的模型",
+        "zip": "按类别分文件夹的 .zip（cat/…, dog/…）", "use_zip": "用我的 zip 训练", "download": "下载模型",
+        "model_file": "模型文件（.zip）", "repo": "Hugging Face 仓库 ID", "load": "加载模型（文件或仓库）",
+        "token": "Hub 写入令牌（只用一次，不保存）", "push": "推送模型到我的 Hub 仓库"},
 )
 
 LEARN_EN = """
@@ -120,14 +128,24 @@ def live_chart(elem_id: str) -> gr.HTML:
                    elem_id=elem_id, padding=False)
 
 
-def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, **train) -> Session:
+def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, data=None,
+                **train) -> Session:
     n = ARCHITECTURES.get(architecture)
-    return Session(TrainConfig(dataset=dataset, seed=seed, **train), cifar_config(n) if n else ResNetConfig())
+    config = TrainConfig(dataset=dataset, seed=seed, **train)
+    return Session(config, cifar_config(n) if n else ResNetConfig(), data=data)
+
+
+def first_session() -> Session:
+    """A new learner starts from the shipped pre-trained model, so Predict means something at once;
+    Reset starts from random weights."""
+    if (PRETRAINED / "model.safetensors").exists():
+        return checkpoint.session_from(checkpoint.load(PRETRAINED))
+    return new_session()
 
 
 DEVICE = pick_device()
 # a CPU step already uses every core, so one at a time; a GPU interleaves a few learners' steps
-POOL = SessionPool(new_session, MAX_SESSIONS, IDLE_SECONDS, workers=4 if DEVICE.type == "cuda" else 1)
+POOL = SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=4 if DEVICE.type == "cuda" else 1)
 
 
 def user_errors(fn):
@@ -175,6 +193,8 @@ def status_text(session: Session, report: dict | None = None) -> str:
         lines.append(f"training loss {last['loss']:.3f}, batch accuracy {last['acc']:.0%}")
     if h.evals:
         lines.append(f"held-out accuracy {h.evals[-1]['acc']:.1%} at step {h.evals[-1]['step']}")
+    if s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
+        lines.append("Started from a trained model: press Reset to train from random weights.")
     for message in (report or {}).get("messages", [])[-3:]:
         lines.append(f"⚠️ {message}")
     return "  \n".join(lines)
@@ -214,15 +234,77 @@ def on_load(last_x, request: gr.Request):
 
 
 @user_errors
-def reset(dataset, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request):
-    seed = int(seed or 0)
+def reset(dataset, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request,
+          progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- shows a Hub download's progress
+    session = POOL.get(request.session_hash)
+    own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
+    fresh = new_session(dataset, architecture, int(seed or 0), data=own, optimizer=optimizer, lr=float(lr),
+                        batch_size=min(int(batch), len(session.data.train_y) if own else int(batch)))
+    return switch_to(fresh, session, last_x, request)
+
+
+def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
+    POOL.replace(request.session_hash, fresh)
+    if fresh.data.classes != old.data.classes:
+        last_x = None  # a picture means nothing to a net with other classes
+    return [*on_load(last_x, request), last_x, gr.update(choices=dataset_choices(fresh), value=fresh.config.dataset)]
+
+
+def dataset_choices(session: Session) -> list[str]:
+    own = [session.config.dataset] if session.config.dataset not in DATASETS else []
+    return sorted(DATASETS) + own  # a learner's zip is theirs alone: it is not in the shared registry
+
+
+@user_errors
+def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request):
+    if not path:
+        raise gr.Error("Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).")
+    data = hub.load_zip(path)
+    session = POOL.get(request.session_hash)
+    fresh = new_session(data.name, architecture, int(seed or 0), data=data, optimizer=optimizer, lr=float(lr),
+                        batch_size=min(int(batch), len(data.train_y)))
+    gr.Info(f"{len(data.train_y)} training and {len(data.test_y)} held-out images in {len(data.classes)} classes.")
+    return switch_to(fresh, session, last_x, request)
+
+
+@user_errors
+def download_model(request: gr.Request):
     session = POOL.get(request.session_hash)
     with session.lock:
-        fresh = new_session(dataset, architecture, seed, optimizer=optimizer, lr=float(lr), batch_size=int(batch))
-    POOL.replace(request.session_hash, fresh)
-    if len(fresh.data.classes) != len(session.data.classes):
-        last_x = None  # a picture means nothing to a net with other classes
-    return on_load(last_x, request)
+        directory = checkpoint.save(session.model, Path(tempfile.mkdtemp()) / "resnet-playground",
+                                    session.data.classes, session.config.dataset)
+    return str(checkpoint.pack(directory))
+
+
+@user_errors
+def load_model(upload, repo_id, last_x, request: gr.Request):
+    if upload:
+        source = checkpoint.unpack(upload, tempfile.mkdtemp())
+    elif repo_id and repo_id.strip():
+        source = repo_id.strip()
+    else:
+        raise gr.Error("Upload a checkpoint zip (from Download) or type a Hub repo id.")
+    session = POOL.get(request.session_hash)
+    fresh = checkpoint.session_from(checkpoint.load(source), session.config)
+    return switch_to(fresh, session, last_x, request)
+
+
+@user_errors
+def push_model(repo_id, token, request: gr.Request):
+    """The token is used for this one call: not stored, not logged, not in any state."""
+    if not (repo_id and repo_id.strip() and token and token.strip()):
+        raise gr.Error("Type your repo id (you/name) and a write token from huggingface.co/settings/tokens.")
+    session = POOL.get(request.session_hash)
+    with session.lock:
+        model = checkpoint.HubResNet(session.model.config.to_dict(), list(session.data.classes),
+                                     session.model.shortcuts, session.config.dataset)
+        model.load_state_dict({k: v.cpu() for k, v in session.model.state_dict().items()})
+    try:
+        url = model.push_to_hub(repo_id.strip(), token=token.strip())
+    except Exception as e:  # noqa: BLE001 -- a network or permission error: say which, never echo the token
+        raise gr.Error(f"Push failed: {type(e).__name__}. Check the repo id, the token's write access, and the "
+                       "network.") from None
+    return f"Pushed to {url}", ""  # and clear the token box
 
 
 @user_errors
@@ -408,6 +490,16 @@ def build_demo() -> gr.Blocks:
                                                label=I18N("architecture"))
                     seed = gr.Number(0, label=I18N("seed"), precision=0)
                     reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
+                with gr.Accordion(I18N("data_model"), open=False):
+                    zip_file = gr.File(label=I18N("zip"), file_types=[".zip"], type="filepath")
+                    zip_btn = gr.Button(I18N("use_zip"), size="sm")
+                    download_btn = gr.Button(I18N("download"), size="sm")
+                    model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
+                    repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
+                    load_btn = gr.Button(I18N("load"), size="sm")
+                    token = gr.Textbox(label=I18N("token"), type="password")
+                    push_btn = gr.Button(I18N("push"), size="sm")
+                    push_text = gr.Markdown()
             with gr.Column(scale=3):
                 with gr.Row():
                     loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
@@ -456,10 +548,16 @@ def build_demo() -> gr.Blocks:
 
         train_out = [loss_chart, acc_chart, grad_chart, heat_chart, status, label]
         setup_out = [*train_out, blocks_on, all_on, true_label, layer]
+        switch_out = [*setup_out, last_x, dataset]
         train = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # real limit: POOL.compute()
         demo.load(on_load, last_x, setup_out, api_name="load")
-        reset_btn.click(reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], setup_out,
+        reset_btn.click(reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], switch_out,
                         api_name="reset", **train)
+        zip_btn.click(use_zip, [zip_file, architecture, seed, optimizer, lr, batch, last_x], switch_out,
+                      api_name="use_zip", **train)
+        download_btn.click(download_model, None, model_file, api_name="download_model")
+        load_btn.click(load_model, [model_file, repo, last_x], switch_out, api_name="load_model", **train)
+        push_btn.click(push_model, [repo, token], [push_text, token], api_name="push_model")
         # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
         gr.on([optimizer.change, lr.submit, lr.blur, batch.submit, batch.blur], configure, [optimizer, lr, batch],
               [optimizer, lr, batch], api_name="configure")

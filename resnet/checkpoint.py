@@ -5,6 +5,8 @@ id, or pushes to one. The config carries the architecture, the class names and t
 is strict, so a checkpoint of another architecture fails with a message instead of loading half its weights.
 """
 
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -56,3 +58,46 @@ def load_into(target: ResNet, source: ResNet) -> None:
         target.load_state_dict(source.state_dict(), strict=True)
     for i, on in enumerate(source.shortcuts, 1):
         target.set_shortcut(on, i)
+
+
+def session_from(model: HubResNet, config=None):
+    """A training session that continues from a loaded checkpoint, on the dataset it was trained on."""
+    from .data import DATASETS
+    from .engine import Session, TrainConfig
+
+    config = config or TrainConfig()
+    dataset = model.dataset if model.dataset in DATASETS else config.dataset
+    session = Session(replace(config, dataset=dataset), model.config)
+    if list(session.data.classes) != model.classes:
+        raise CheckpointError(f"the checkpoint's classes ({', '.join(model.classes)}) are not those of the "
+                              f"'{dataset}' dataset; load it where that dataset is available")
+    with session.lock:
+        load_into(session.model, model)
+        session.history.add_event(0, "checkpoint", "loaded from a checkpoint")
+    return session
+
+
+def unpack(zip_path: str | Path, directory: str | Path) -> Path:
+    """A downloaded checkpoint zip -> its two files in `directory`; any other entry is refused, never extracted."""
+    directory = Path(directory)
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            names = set(z.namelist())
+            if names != {"model.safetensors", "config.json"}:
+                raise CheckpointError(f"a checkpoint zip holds exactly model.safetensors and config.json; this one "
+                                      f"holds {sorted(names)[:5]}")
+            for name in names:
+                (directory / name).write_bytes(z.read(name))
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"that file is not a zip ({e})") from e
+    return directory
+
+
+def pack(directory: str | Path) -> Path:
+    """The checkpoint in `directory` as one zip beside it, for a download button."""
+    directory = Path(directory)
+    out = directory.with_suffix(".zip")
+    with zipfile.ZipFile(out, "w") as z:
+        for name in ("model.safetensors", "config.json"):
+            z.write(directory / name, name)
+    return out

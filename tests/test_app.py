@@ -138,3 +138,52 @@ def test_reset_builds_a_deeper_net_with_its_own_switches(client):
     assert "20 layers" in status_of(out)
     with pytest.raises(AppError, match="imagenet is not in the list"):
         client.predict("imagenet", "ResNet-20", 1, "adam", 0.001, 64, api_name="/reset")
+
+
+def test_download_a_model_and_load_it_back(client, tmp_path):
+    client.predict(api_name="/step")
+    path = client.predict(api_name="/download_model")
+    assert Path(path).suffix == ".zip"
+    out = client.predict(handle_file(path), "", api_name="/load_model")
+    assert "**Step 0**" in status_of(out)  # a fresh session continuing from those weights
+    with pytest.raises(AppError, match="Invalid file type"):
+        client.predict(handle_file(str(ASSETS / "examples" / "star.png")), "", api_name="/load_model")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("star.png", (ASSETS / "examples" / "star.png").read_bytes())
+    with pytest.raises(AppError, match="exactly model.safetensors and config.json"):
+        client.predict(handle_file(str(tmp_path / "other.zip")), "", api_name="/load_model")
+
+
+def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
+    import zipfile
+
+    good = tmp_path / "pets.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for i in range(4):
+            z.writestr(f"cat/{i}.png", (ASSETS / "examples" / "circle.png").read_bytes())
+            z.writestr(f"dog/{i}.png", (ASSETS / "examples" / "star.png").read_bytes())
+    out = client.predict(handle_file(str(good)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64,
+                         api_name="/use_zip")
+    assert out[-1]["value"] == "zip:pets"  # the dataset menu now offers the learner's own set
+    assert "**Step 1**" in status_of(client.predict(api_name="/step"))
+    bad = tmp_path / "evil.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("../../etc/passwd.png", b"x")
+        z.writestr("cat/a.png", b"x")
+    with pytest.raises(AppError, match="outside the archive"):
+        client.predict(handle_file(str(bad)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64,
+                       api_name="/use_zip")
+
+
+def test_an_offline_hub_dataset_is_a_message_and_shapes_still_works(client, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from resnet import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "CACHE", tmp_path)
+    with pytest.raises(AppError, match="offline"):
+        client.predict("cifar10", "ResNet-20", 0, "adam", 0.001, 64, api_name="/reset")
+    assert "**Step 1**" in status_of(client.predict(api_name="/step"))
