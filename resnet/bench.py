@@ -59,6 +59,66 @@ def measure(step, steps: int, device) -> float:
     return time.perf_counter() - t
 
 
+def gpu_agreement(device, batch: int = 64) -> dict:
+    """One training step of the same weights on the same batch: the device's bf16 session against a float64 CPU
+    reference. Returns the largest relative differences of the loss and the per-layer gradient norms."""
+    import copy
+
+    import torch.nn.functional as F
+
+    session = Session(TrainConfig(batch_size=batch, device=str(device), eval_every=0, augment=False))
+    reference = copy.deepcopy(session.model).to("cpu", torch.float64, memory_format=torch.contiguous_format)
+    x, y = session.next_batch()
+    record = session.train_step(x, y)
+    loss = F.cross_entropy(reference(x.cpu().double()), y.cpu())
+    loss.backward()
+    grad_diff = max(abs(record["grad_norm"][n] - m.weight.grad.norm().item()) / m.weight.grad.norm().item()
+                    for n, m in reference.weighted_layers().items())
+    return {"loss_rel_diff": abs(record["loss"] - loss.item()) / loss.item(), "grad_norm_rel_diff": grad_diff,
+            "precision": session.precision}
+
+
+def gpu_check(args) -> dict:
+    """Every GPU measurement in one command (< 8 min on one card): throughput at batch 512 for the notebook loop,
+    the session with and without telemetry, compiled, and the bf16-vs-float64 agreement."""
+    device = torch.device("cuda")
+    batch, steps, rounds = args.batch if args.batch != 64 else 512, args.steps or 50, args.rounds or 3
+    name = torch.cuda.get_device_name()
+    data = load_dataset("shapes", device)
+    loops = {"notebook": notebook_loop(data, device, batch)}
+    base = TrainConfig(batch_size=batch, device="cuda", eval_every=0)
+    loops["engine"] = session_loop(base)[0]
+    loops["engine_no_telemetry"] = session_loop(replace(base, telemetry=False))[0]
+    loops["engine_compiled"] = session_loop(replace(base, compile=True))[0]
+    loops["engine_compiled_no_telemetry"] = session_loop(replace(base, compile=True, telemetry=False))[0]
+    try:
+        from .twin import TwinSession
+
+        twin = TwinSession(base)
+        loops["twin"] = lambda: twin.step(1)
+    except ImportError:
+        pass
+    warm = {}
+    for key, step in loops.items():
+        t = time.perf_counter()
+        measure(step, 10, device)  # compiles, autotunes
+        warm[key] = round(time.perf_counter() - t, 1)
+    times = {key: [] for key in loops}
+    for _ in range(rounds):
+        for key, step in loops.items():
+            times[key].append(measure(step, steps, device))
+    img_s = {key: steps * batch / statistics.median(t) for key, t in times.items()}
+    print(f"{name}, torch {torch.__version__}, batch {batch}, {rounds} rounds x {steps} steps")
+    print(f"{'loop':<32}{'img/s':>12}{'x notebook':>12}{'warm-up s':>11}")
+    for key, v in img_s.items():
+        print(f"{key:<32}{v:>12.0f}{v / img_s['notebook']:>12.2f}{warm[key]:>11}")
+    agreement = gpu_agreement(device)
+    print(f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
+          f"largest grad-norm rel diff {agreement['grad_norm_rel_diff']:.2e}")
+    return {"device": name, "batch": batch, **{f"{k}_img_s": round(v) for k, v in img_s.items()},
+            "warmup_s": warm, "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1), **agreement}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="images per step")
@@ -67,7 +127,12 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 for the session")
     p.add_argument("--quick", action="store_true", help="fewer steps: about a minute on 2 CPU cores")
+    p.add_argument("--gpu-check", action="store_true", help="all GPU measurements and the bf16 correctness check")
     args = p.parse_args(argv)
+    if args.gpu_check:
+        result = gpu_check(args)
+        print(json.dumps(result))
+        return result
     steps = args.steps or (6 if args.quick else 20)
     rounds = args.rounds or (3 if args.quick else 5)
 

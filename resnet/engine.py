@@ -6,6 +6,7 @@ in one transfer per step. A step whose loss or gradients are not finite is undon
 optimizer state restored) and reported, so a learner who types lr=1000 loses nothing but that step.
 """
 
+import logging
 import math
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .data import Dataset, augment, load_dataset, normalize
 from .model import ResNet, ResNetConfig
 
+log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd")
 # a step that moves any layer by more than this many times its own weights has diverged, finite or not
 # (Adam at lr=1e3 keeps the loss finite thanks to BN, yet replaces every weight); lr 0.1 Adam stays below it.
@@ -39,6 +41,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda, else mps, else cpu; or any torch device string
     precision: str = "auto"  # "auto": bf16 autocast where the hardware computes bf16 natively, else "fp32"
     telemetry: bool = True  # per-layer gradient/weight/update statistics at each step
+    compile: bool = False  # torch.compile the model: faster on CUDA after a minute of warm-up; eager if it fails
     history_points: int = 2000  # steps kept; a longer run is thinned evenly (every other step), never cut
 
 
@@ -126,6 +129,7 @@ class Session:
                 torch.manual_seed(self.config.seed)
                 model = ResNet(self.model_config)
             self.model = model.to(self.device, memory_format=self.memory_format)
+            self.forward = torch.compile(self.model) if self.config.compile else self.model
             self.layers = self.model.weighted_layers()
             self.weights = [m.weight for m in self.layers.values()]
             self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
@@ -227,7 +231,14 @@ class Session:
 
         self.model.train()
         with self._autocast():
-            logits = self.model(x)
+            try:
+                logits = self.forward(x)
+            except Exception as e:  # noqa: BLE001 -- a compiler failure must not cost the learner the step
+                if self.forward is self.model:
+                    raise
+                log.warning("torch.compile failed (%s); training eagerly", e)
+                self.forward = self.model
+                logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
