@@ -363,6 +363,15 @@ def play(last_x, request: gr.Request):
 
 
 @user_errors
+def pause(last_x, request: gr.Request):
+    """Play is cancelled between chunks; the chunk in flight still finishes. Wait for it (the session's lock),
+    then show where training stopped, so the page is not one chunk behind."""
+    session = POOL.get(request.session_hash)
+    with session.lock:
+        return view(session, last_x)
+
+
+@user_errors
 def set_all_shortcuts(on, last_x, request: gr.Request):
     session = POOL.get(request.session_hash)
     session.set_shortcut(bool(on))
@@ -472,12 +481,13 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1, min_width=300):
                 with gr.Group():
                     with gr.Row():
-                        step_btn = gr.Button(I18N("step"), variant="primary", elem_id="step")
-                        play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play")
-                        pause_btn = gr.Button(I18N("pause"), elem_id="pause")
-                    with gr.Row():
-                        n_steps = gr.Number(50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1)
-                        step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n")
+                        step_btn = gr.Button(I18N("step"), variant="primary", elem_id="step", min_width=70)
+                        play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
+                        pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
+                    with gr.Row(equal_height=True):
+                        n_steps = gr.Number(50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1,
+                                            min_width=70)
+                        step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
                 status = gr.Markdown(elem_id="status")
                 all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
                 blocks_on = gr.CheckboxGroup([], label=I18N("block_shortcuts"), elem_id="block_shortcuts")
@@ -490,16 +500,6 @@ def build_demo() -> gr.Blocks:
                                                label=I18N("architecture"))
                     seed = gr.Number(0, label=I18N("seed"), precision=0)
                     reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
-                with gr.Accordion(I18N("data_model"), open=False):
-                    zip_file = gr.File(label=I18N("zip"), file_types=[".zip"], type="filepath")
-                    zip_btn = gr.Button(I18N("use_zip"), size="sm")
-                    download_btn = gr.Button(I18N("download"), size="sm")
-                    model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
-                    repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
-                    load_btn = gr.Button(I18N("load"), size="sm")
-                    token = gr.Textbox(label=I18N("token"), type="password")
-                    push_btn = gr.Button(I18N("push"), size="sm")
-                    push_text = gr.Markdown()
             with gr.Column(scale=3):
                 with gr.Row():
                     loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
@@ -526,7 +526,7 @@ def build_demo() -> gr.Blocks:
                                     gr.Examples(examples, inputs=image, label=I18N("examples"))
                     with gr.Column():
                         label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
-                        features = gr.Gallery(label=I18N("features"), columns=4, height=260, object_fit="contain")
+                        features = gr.Gallery(label=I18N("features"), columns=4, height="auto", object_fit="contain")
             with gr.Tab(I18N("teach"), id="teach"):
                 with gr.Row():
                     true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
@@ -539,6 +539,19 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     grad_tensor = gr.Plot(label="gradient tensor")
                     grad_norms = gr.Plot(label="gradient norm per layer")
+            with gr.Tab(I18N("data_model"), id="data"):
+                with gr.Row():
+                    with gr.Column():
+                        zip_file = gr.File(label=I18N("zip"), file_types=[".zip"], type="filepath")
+                        zip_btn = gr.Button(I18N("use_zip"), size="sm")
+                    with gr.Column():
+                        download_btn = gr.Button(I18N("download"), size="sm")
+                        model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
+                        repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
+                        load_btn = gr.Button(I18N("load"), size="sm")
+                        token = gr.Textbox(label=I18N("token"), type="password")
+                        push_btn = gr.Button(I18N("push"), size="sm")
+                        push_text = gr.Markdown()
             with gr.Tab(I18N("learn"), id="learn"):
                 with gr.Tabs():
                     with gr.Tab("English"):
@@ -564,7 +577,7 @@ def build_demo() -> gr.Blocks:
         step_btn.click(step, last_x, train_out, api_name="step", **train)
         step_n_btn.click(step_n, [n_steps, last_x], train_out, api_name="step_n", **train)
         playing = play_btn.click(play, last_x, train_out, api_name="play", **train)
-        pause_btn.click(None, None, None, cancels=[playing], api_name="pause")
+        pause_btn.click(pause, last_x, train_out, cancels=[playing], api_name="pause")
         all_on.input(set_all_shortcuts, [all_on, last_x], [*train_out, blocks_on], api_name="all_shortcuts")
         blocks_on.input(set_block_shortcuts, [blocks_on, last_x], [*train_out, all_on], api_name="block_shortcuts")
         predict_out = [last_x, label, features]

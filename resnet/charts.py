@@ -24,18 +24,20 @@ def layer_colours(names: list[str]) -> dict[str, str]:
     return dict(zip(names, sample_colorscale("Viridis", [i / max(len(names) - 1, 1) for i in range(len(names))])))
 
 
-def _layout(title: str, ytitle: str, revision, events=(), log=False, **extra) -> dict:
+def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True, **extra) -> dict:
+    """labels: name each shortcut switch above the plot (the loss and accuracy charts); the others draw lines."""
     shapes, annotations = [], []
     for e in events[-30:]:  # the newest few, so a long run's markers don't bury the lines
         colour = EVENT_COLOURS.get(e["kind"], "#7f7f7f")
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": e["step"], "x1": e["step"], "y0": 0,
                        "y1": 1, "line": {"color": colour, "width": 1, "dash": "dash"}})
-        if e["kind"] == "shortcut":
-            annotations.append({"x": e["step"], "y": 1, "xref": "x", "yref": "paper", "text": e["text"],
-                                "showarrow": False, "textangle": -90, "xanchor": "right", "yanchor": "top",
-                                "font": {"size": 10, "color": colour}})
+        if labels and e["kind"] == "shortcut":
+            short = e["text"].replace("shortcut ", "").replace(": all blocks", ": all").replace("block ", "b")
+            annotations.append({"x": e["step"], "y": 1, "xref": "x", "yref": "paper", "text": short,
+                                "showarrow": False, "xanchor": "center", "yanchor": "bottom",
+                                "font": {"size": 10, "color": colour}, "hovertext": e["text"]})
     layout = {"title": {"text": title, "font": {"size": 14}}, "uirevision": revision,
-              "margin": {"l": 55, "r": 10, "t": 35, "b": 35}, "xaxis": {"title": {"text": "step"}},
+              "margin": {"l": 55, "r": 10, "t": 45, "b": 35}, "xaxis": {"title": {"text": "step"}},
               "yaxis": {"title": {"text": ytitle}, "type": "log" if log else "linear"},
               "legend": {"font": {"size": 10}}, "shapes": shapes, "annotations": annotations,
               "template": "plotly_white"}
@@ -77,19 +79,25 @@ def accuracy_figure(history, revision=0, max_points: int = 300) -> dict:
                                             yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]})}
 
 
+def positive(v: float) -> float | None:
+    """A gradient norm for a log axis: 0 (a switched-off projection gets no gradient) becomes a gap, not -inf."""
+    return v if v > 0 else None
+
+
 def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
     """One line per conv/linear layer: the L2 norm of its weight gradient over steps, log scale."""
-    data = []
+    data, names = [], []
     for label, h in _runs(history).items():
         steps = thin(h.steps, max_points)
         names = list(steps[-1]["grad_norm"]) if steps else []
         colours = layer_colours(names)
         for name in names:
             data.append({"type": "scatter", "mode": "lines", "name": f"{name} ({label})" if label else name,
-                         "x": [r["step"] for r in steps], "y": [r["grad_norm"][name] for r in steps],
+                         "x": [r["step"] for r in steps], "y": [positive(r["grad_norm"][name]) for r in steps],
                          "line": {"color": colours[name], "width": 1.5, "dash": TWIN_DASH.get(label, "solid")}})
-    return {"data": data, "layout": _layout("Gradient norm per layer", "‖∂loss/∂W‖", revision, _events(history),
-                                            log=True)}
+    # a legend of 57 layers (ResNet-56) would crowd out the plot: deep nets name their lines on hover only
+    return {"data": data, "layout": _layout("Gradient norm per layer (dark: near the input)", "‖∂loss/∂W‖", revision,
+                                            _events(history), log=True, labels=False, showlegend=len(names) <= 12)}
 
 
 def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
@@ -98,11 +106,12 @@ def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
     label, h = next(iter(runs.items()))
     steps = thin(h.steps, max_points)
     names = list(steps[-1]["grad_norm"]) if steps else []
-    z = [[math.log10(max(r["grad_norm"][n], 1e-12)) for r in steps] for n in names]
+    z = [[math.log10(r["grad_norm"][n]) if r["grad_norm"][n] > 0 else None for r in steps] for n in names]
     data = [{"type": "heatmap", "x": [r["step"] for r in steps], "y": names, "z": z, "colorscale": "Viridis",
              "colorbar": {"title": {"text": "log10 ‖g‖"}}}]
     title = "Gradient norm heatmap" + (f" ({label})" if label else "")
-    return {"data": data, "layout": _layout(title, "", revision, _events(history), yaxis={"automargin": True})}
+    return {"data": data, "layout": _layout(title, "", revision, _events(history), labels=False,
+                                            yaxis={"automargin": True})}
 
 
 def _events(history) -> list[dict]:
@@ -144,3 +153,93 @@ def grad_norm_bars_figure(runs: dict[str, dict[str, float]]) -> dict:
               "yaxis": {"type": "log", "title": {"text": "‖∂loss/∂W‖"}}, "template": "plotly_white", "height": 360,
               "margin": {"l": 55, "r": 10, "t": 50, "b": 80}}
     return {"data": data, "layout": layout}
+
+
+# --- twins: depth, gradient routes, lesions -------------------------------------------------------------------
+TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
+
+
+def _twin_colour(label: str, k: int) -> str:
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+    return TWIN_COLOURS.get(label, palette[k % len(palette)])
+
+
+def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
+    """Each layer's gradient norm against its depth (stem = 1 ... fc), one line per net, log scale.
+
+    `twin_histories`: {"residual": History, "plain": History} (any labels); `window` > 1 averages the norms of
+    the newest `window` steps, which one noisy batch can't sway. He et al.'s plain nets lose gradient toward
+    the input; the residual net's line stays flat."""
+    from .twin import layer_depth_norms  # plain python; imported here: importing charts imports no torch
+
+    data = []
+    for k, (label, h) in enumerate(_runs(twin_histories).items()):
+        recent = h.steps[-max(1, window):]
+        if not recent:
+            continue
+        rows = [layer_depth_norms(r) for r in recent]  # one list per step, same layers in the same order
+        norms = [sum(row[i]["grad_norm"] for row in rows) / len(rows) for i in range(len(rows[0]))]
+        step = recent[-1]["step"]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label or 'net'} (step {step})",
+                     "x": [r["depth"] for r in rows[0]], "y": norms, "text": [r["layer"] for r in rows[0]],
+                     "hovertemplate": "%{text}: %{y:.3g}<extra></extra>",
+                     "line": {"color": _twin_colour(label, k), "dash": TWIN_DASH.get(label, "solid")}})
+    return {"data": data, "layout": _layout("Gradient norm vs depth", "‖∂loss/∂W‖", revision, log=True,
+                                            xaxis={"title": {"text": "layer (1 = stem, input side)"}})}
+
+
+def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict:
+    """Per block, the gradient reaching its input through the shortcut (solid) and through the residual
+    branch (dashed) over steps, log scale; `routes` as TwinSession.routes: [{"step", "blocks": [...]}]."""
+    routes = thin(routes, max_points)
+    blocks = sorted({b["block"] for r in routes for b in r["blocks"]})
+    colours = layer_colours([str(b) for b in blocks])
+    data = []
+    for b in blocks:
+        points = [(r["step"], row) for r in routes for row in r["blocks"] if row["block"] == b]
+        for route, dash in (("shortcut", "solid"), ("residual", "dash")):
+            data.append({"type": "scatter", "mode": "lines+markers", "name": f"block {b} via {route}",
+                         "legendgroup": f"block {b}", "x": [step for step, _ in points],
+                         "y": [row[route] for _, row in points], "marker": {"size": 4},
+                         "line": {"color": colours[str(b)], "width": 1.5, "dash": dash}})
+    return {"data": data, "layout": _layout("Gradient into each block: shortcut vs residual branch",
+                                            "‖∂loss/∂x‖ per route", revision, log=True)}
+
+
+def lesion_figure(lesions: dict[str, list[dict]], revision=0) -> dict:
+    """Held-out accuracy with one block bypassed, against that block, per net; each net's intact accuracy as a
+    dashed line. `lesions`: {"residual": lesion_accuracies(...), "plain": ...} (the entry with block None is
+    the intact net). Veit et al.: a residual net shrugs off most single lesions, a plain net does not."""
+    data = []
+    for k, (label, rows) in enumerate(lesions.items()):
+        colour = _twin_colour(label, k)
+        cut = [r for r in rows if r["block"] is not None]
+        intact = [r["acc"] for r in rows if r["block"] is None]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label}, one block bypassed",
+                     "x": [r["block"] for r in cut], "y": [r["acc"] for r in cut], "line": {"color": colour}})
+        if intact and cut:
+            data.append({"type": "scatter", "mode": "lines", "name": f"{label}, intact",
+                         "x": [cut[0]["block"], cut[-1]["block"]], "y": intact * 2,
+                         "line": {"color": colour, "dash": "dash", "width": 1}})
+    return {"data": data, "layout": _layout("Lesions: one block bypassed at test time", "held-out accuracy",
+                                            revision, xaxis={"title": {"text": "bypassed block"}, "dtick": 1},
+                                            yaxis={"title": {"text": "held-out accuracy"}, "range": [0, 1.02]})}
+
+
+def compare_figure(runs: dict, title: str, ytitle: str, field: str = "loss", evals: bool = False, window: int = 1,
+                   log: bool = False, max_points: int = 400) -> dict:
+    """One line per run ({"20 layers, plain": History, ...}) of a step field (or, evals=True, a held-out one),
+    averaged over the last `window` records; runs named "<group>, <net>" share a colour per group, plain dotted."""
+    groups = list(dict.fromkeys(label.split(",")[0] for label in runs))
+    data = []
+    for label, h in runs.items():
+        records = h.evals if evals else h.steps
+        values = [r[field] for r in records]
+        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                  for i in range(len(values))]
+        keep = thin(list(zip([r["step"] for r in records], smooth)), max_points)
+        data.append({"type": "scatter", "mode": "lines+markers" if evals else "lines", "name": label,
+                     "x": [s for s, _ in keep], "y": [v for _, v in keep],
+                     "line": {"color": _twin_colour("", groups.index(label.split(",")[0]) + 2),
+                              "dash": "dot" if "plain" in label else "solid"}})
+    return {"data": data, "layout": _layout(title, ytitle, 0, log=log)}

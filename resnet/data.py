@@ -133,7 +133,7 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     # clutter under the shape: up to 3 faint stray lines and 3 small blobs, so no single stroke gives the class away
     lines = _dist_segments(pix, u(n, 1, 3, 2, 2) * 36 - 2)  # (n, P, 3); the ends may lie outside the image
     for k in range(3):
-        alpha = (u(n, 1) < 0.5) * (0.3 + 0.6 * u(n, 1))
+        alpha = (u(n, 1) < 0.3) * (0.2 + 0.5 * u(n, 1))
         paint(alpha * (0.7 + 0.4 * u(n, 1) - lines[..., k]).clamp(0, 1), u(n, 3, 1))  # 0.4-1.2 px wide
         blob = (pix[0] - u(n, 1, 2) * 32).norm(dim=-1) - (0.7 + 1.3 * u(n, 1))  # (n, P), radius 0.7-2 px
         paint((u(n, 1) < 0.4) * (0.5 - blob).clamp(0, 1), u(n, 3, 1))
@@ -144,12 +144,12 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     lum_bg, lum = bg.mean(1, keepdim=True), colour.mean(1, keepdim=True)
     pushed = torch.where(lum_bg > 0.5, 0.35 * colour, 0.6 + 0.4 * colour)
     colour = torch.where((lum - lum_bg).abs() > 0.3, colour, pushed)
-    stroke = 0.6 + 2.4 * u(n, 1) ** 2  # pen width in px, mostly thin: a 400 px drawing downscaled to 32 px
+    stroke = 1.0 + 2.0 * u(n, 1) ** 2  # pen width in px, mostly thin: a 400 px drawing downscaled to 32 px
     marker = 3 + 2 * u(n, 1)  # width of "filled" open strokes (plus, arrow, ...), which have no inside
     filled = u(n, 1) < 0.3  # outlines dominate: that is what a pen draws
 
     # pose: pixel p -> shape space q = R(-angle) (p - centre) / size / aspect, then a smooth wobble
-    size = 6 + 9 * u(n, 1, 1)  # half-extent in px
+    size = 8 + 7 * u(n, 1, 1)  # half-extent in px
     centre = 16 + (16 - size) * 0.8 * (2 * u(n, 1, 2) - 1)  # (n, 1, 2), keeps the shape mostly inside
     aspect = torch.exp(0.2 * (2 * u(n, 1, 2) - 1))  # up to 20% wider than tall, or the reverse
     max_turn = torch.tensor([math.radians(c[2]) for c in _CLASSES.values()])[labels]

@@ -6,6 +6,8 @@ takes a slot from `workers` (1 on a CPU, whose cores one step already uses; a fe
 time, so thirty learners pressing Play take turns instead of slowing each other, and nothing else waits on it.
 """
 
+import ctypes
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -59,8 +61,10 @@ class SessionPool:
 
     def close(self, key: str) -> None:
         with self._lock:
-            self._sessions.pop(key, None)
+            gone = self._sessions.pop(key, None)
             self._used.pop(key, None)
+        if gone is not None:
+            release_memory()
 
     def __len__(self) -> int:
         with self._lock:
@@ -68,12 +72,25 @@ class SessionPool:
 
     def _sweep(self):
         now = time.monotonic()
-        for key in [k for k, t in self._used.items() if now - t > self.idle_seconds]:
+        idle = [k for k, t in self._used.items() if now - t > self.idle_seconds]
+        for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
+        if idle:
+            release_memory()
 
     @contextmanager
     def compute(self):
         """Hold one of the hardware's training slots for the duration of a chunk of steps."""
         with self._slots:
             yield
+
+
+def release_memory() -> None:
+    """Hand freed sessions' memory back to the OS: glibc keeps freed heap pages of many threads' arenas otherwise,
+    and a workshop server would look like it leaks."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass

@@ -1,0 +1,209 @@
+"""The app in a real browser (Debian's chromium through playwright), used as a learner would: train, play and
+pause, zoom, switch the shortcuts off, draw a shape; the live charts must persist across streamed updates.
+Saves assets/screenshot.png (shown in the README). Skipped when /usr/bin/chromium is absent.
+"""
+
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"no browser: {CHROMIUM} is absent (CI installs Debian's chromium)", allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402 -- after the skip
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).parent.parent / "assets" / "screenshot.png"
+CHARTS = ["#chart-loss", "#chart-acc", "#chart-grad", "#chart-heat"]
+LOAD_MS = 120_000  # the first page load also renders the shapes dataset (once per server) on a slow CPU
+STEP_MS = 30_000  # one training step on CPU, with room for a busy machine
+
+# plotly's traces arrive as plain lists; _fullData is plotly's own copy, should `data` ever hold typed arrays
+TRACE_LEN = "d => (d.data && d.data[0] && d.data[0].x ? d.data[0].x : d._fullData[0].x).length"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(STEP_MS)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+    page.errors = errors
+    yield page
+    context.close()
+
+
+def status_step(page: Page) -> int:
+    text = page.locator("#status").inner_text()
+    match = re.search(r"Step (\d+)", text)
+    assert match, f"the status line shows no step count: {text!r}"
+    return int(match.group(1))
+
+
+def wait_for_step(page: Page, n: int, timeout_ms: int = STEP_MS):
+    expect(page.locator("#status"), f"the status line never reached step {n}").to_contain_text(
+        re.compile(rf"Step {n}\b"), timeout=timeout_ms)
+
+
+def wait_js(page: Page, predicate: str, failure: str, arg=None, timeout_ms: int = STEP_MS):
+    """Wait until the JS predicate holds in the page; fail with a learner's description otherwise."""
+    try:
+        page.wait_for_function(predicate, arg=arg, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        pytest.fail(f"{failure} (waited {timeout_ms / 1000:.0f} s)")
+
+
+def wait_past_step(page: Page, n: int, timeout_ms: int = STEP_MS) -> int:
+    """Wait until the status line shows a step after n; return it."""
+    wait_js(page, "n => +(/Step (\\d+)/.exec(document.querySelector('#status').innerText) || [0, -1])[1] > n",
+            f"the status line never went past step {n}", n, timeout_ms)
+    return status_step(page)
+
+
+def wait_loss_points(page: Page, n: int, timeout_ms: int = STEP_MS):
+    wait_js(page, f"n => ({TRACE_LEN})(document.querySelector('#chart-loss .js-plotly-plot')) >= n",
+            f"the loss chart never showed {n} steps", n, timeout_ms)
+
+
+def loss_points(page: Page) -> int:
+    return page.eval_on_selector("#chart-loss .js-plotly-plot", TRACE_LEN)
+
+
+def test_learner_session(page: Page):
+    t0 = time.monotonic()
+    laps = {}
+
+    def lap(name):
+        laps[name] = round(time.monotonic() - t0 - sum(laps.values()), 1)
+    # 1. the page and its four live charts
+    for chart in CHARTS:
+        page.wait_for_selector(f"{chart} .js-plotly-plot", state="attached", timeout=LOAD_MS)
+    wait_for_step(page, 0, LOAD_MS)
+    assert loss_points(page) == 0, "a fresh model should have an empty loss chart"
+    lap("load")
+
+    # 2. watch the charts: a chart re-created by an update would show as a removed .js-plotly-plot element
+    page.evaluate("""() => {
+        window.__loss = document.querySelector('#chart-loss .js-plotly-plot');
+        window.__plots = {added: 0, removed: 0};
+        const isPlot = n => n.nodeType === 1 && (n.matches('.js-plotly-plot') || n.querySelector('.js-plotly-plot'));
+        new MutationObserver(records => records.forEach(r => {
+            r.addedNodes.forEach(n => { if (isPlot(n)) window.__plots.added++; });
+            r.removedNodes.forEach(n => { if (isPlot(n)) window.__plots.removed++; });
+        })).observe(document.body, {childList: true, subtree: true});
+    }""")
+
+    # 3. one step: the status and the loss chart show it
+    page.click("#step")
+    wait_for_step(page, 1)
+    wait_loss_points(page, 1)
+    before_play = loss_points(page)
+    assert before_play == 1, f"after one step the loss chart should hold 1 point, not {before_play}"
+    lap("step")
+
+    # 4. play streams updates into the charts until pause
+    page.click("#play")
+    wait_loss_points(page, before_play + 3, 60_000)
+    page.click("#pause")
+    lap("play")
+    status_step(page)
+    page.wait_for_timeout(3_000)  # one chunk may still be in flight when Pause lands
+    paused_a = status_step(page)
+    page.wait_for_timeout(2_000)
+    paused_b = status_step(page)
+    assert paused_a == paused_b, f"training went on after Pause: step {paused_a}, then {paused_b}"
+    assert paused_b >= before_play + 3, f"Play trained only to step {paused_b}"
+    assert loss_points(page) == paused_b, "the loss chart and the status line disagree on the step count"
+    lap("pause")
+
+    # 5. the chart persisted: same element, nothing removed, and a zoom survives an update (uirevision)
+    same = page.evaluate("() => window.__loss === document.querySelector('#chart-loss .js-plotly-plot')")
+    assert same, "the loss chart's plotly div was replaced by an update (zoom and hover would be lost)"
+    plots = page.evaluate("() => window.__plots")
+    assert plots["removed"] == 0, f"streamed updates removed plotly charts from the page: {plots}"
+    page.evaluate("() => Plotly.relayout(window.__loss, {'xaxis.range': [0, 2]})")
+    page.click("#step")
+    # not necessarily paused_b + 1: the server finishes the chunk that was in flight when Pause landed
+    stepped = wait_past_step(page, paused_b)
+    wait_loss_points(page, stepped)
+    zoom = page.evaluate("() => window.__loss.layout.xaxis.range")
+    assert zoom == [0, 2], f"a training update reset the learner's zoom to {zoom}"
+    lap("zoom")
+
+    # 6. all shortcuts off: the status, the per-block boxes and a marker on the loss chart say so
+    page.locator("#all_shortcuts input").uncheck()
+    expect(page.locator("#status"), "the status line should count 0 shortcuts on").to_contain_text(
+        "shortcuts on: 0/3")
+    boxes = page.locator("#block_shortcuts input")
+    assert boxes.count() == 3, f"expected a checkbox per block, found {boxes.count()}"
+    for i in range(3):
+        expect(boxes.nth(i), f"block {i + 1}'s shortcut box is still ticked").not_to_be_checked()
+    wait_js(page, """() => {
+        const l = window.__loss.layout;
+        return (l.shapes || []).length >= 1 || (l.annotations || []).some(a => /shortcut off/.test(a.text));
+    }""", "the loss chart shows no marker where the shortcuts were switched off")
+    lap("shortcuts")
+
+    # 7. draw a circle on the pad: a prediction with percentages and what each block sees
+    brush = page.locator("#sketch button[aria-label=Brush]")
+    brush.wait_for(state="attached")
+    if "highlight" not in (brush.get_attribute("class") or ""):  # the pad should open with the brush active
+        brush.click()
+    canvas = page.locator("#sketch canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the white pad is centred in the canvas
+    circle = [(cx + 80 * math.cos(2 * math.pi * i / 12), cy + 80 * math.sin(2 * math.pi * i / 12)) for i in range(13)]
+    page.mouse.move(*circle[0])
+    page.mouse.down()
+    for x, y in circle[1:]:
+        page.mouse.move(x, y)  # each move redraws the pad (software GL): few, for speed
+    page.mouse.up()
+    prediction = page.locator("#prediction")
+    expect(prediction, "drawing gave no prediction with percentages").to_contain_text("%", timeout=STEP_MS)
+    gallery = page.locator("div.block:has(> label:has-text('What each block sees'))")
+    expect(gallery.locator("img").first, "no feature maps shown for the drawing").to_be_visible()
+    expect(gallery, "the feature maps are not captioned by block").to_contain_text("block1")
+    lap("draw")
+
+    # 8. train a few steps with the shortcuts off, then a screenshot for the README
+    page.get_by_label("N", exact=True).fill("4")
+    page.click("#step_n")
+    wait_for_step(page, stepped + 4)
+    expect(prediction, "the prediction vanished while training").to_contain_text("%")
+    page.evaluate("() => Plotly.relayout(window.__loss, {'xaxis.autorange': true, 'yaxis.autorange': true})")
+    page.wait_for_timeout(500)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    lap("step_n+screenshot")
+    assert not page.errors, f"the page raised: {page.errors}"
+    print(f"seconds per phase {laps}; paused at step {paused_b}; plotly divs {page.evaluate('() => window.__plots')}")
+
+
+def test_chinese_labels(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+        expect(page.locator("#step"), "the Step button is not translated").to_have_text("单步", timeout=LOAD_MS)
+        expect(page.locator("h1"), "the title is not translated").to_contain_text("残差网络游乐场")
+        expect(page.locator("#all_shortcuts"), "the shortcut switch is not translated").to_contain_text(
+            "全部残差连接开启")
+    finally:
+        context.close()
