@@ -35,8 +35,10 @@ def test_gradient_norms_equal_a_float64_recomputation():
     for name, layer in reference.weighted_layers().items():
         exact = s.layers[name].weight.grad.double().norm().item()  # the step's own gradient, normed in float64
         assert record["grad_norm"][name] == pytest.approx(exact, rel=1e-5), name
-        # and that gradient is the true one, up to float32 round-off through 20 layers of backward
-        assert record["grad_norm"][name] == pytest.approx(layer.weight.grad.norm().item(), rel=1e-3), name
+        # and that gradient is the true one, up to float32 round-off through 20 layers of backward (on CUDA, cuDNN
+        # computes "fp32" convs in TF32, a 10-bit mantissa: seen 1.1e-3 on an H200)
+        tolerance = 5e-3 if s.device.type == "cuda" else 1e-3
+        assert record["grad_norm"][name] == pytest.approx(layer.weight.grad.norm().item(), rel=tolerance), name
     # the update ratio is what the optimizer actually did to the weights
     moved = s.model.fc.weight.detach().double() - reference.fc.weight.detach()
     ratio = moved.norm().item() / reference.fc.weight.norm().item()
