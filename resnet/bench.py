@@ -119,6 +119,18 @@ def gpu_check(args) -> dict:
             "warmup_s": warm, "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1), **agreement}
 
 
+def app_speed(seconds: float) -> dict:
+    """The app-driven figures, measured by tests/load_test.py in its own process: the package never talks HTTP."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tests" / "load_test.py"
+    out = subprocess.run([sys.executable, str(script), "--app-speed", "--seconds", str(seconds)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="images per step")
@@ -128,6 +140,7 @@ def main(argv=None):
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 for the session")
     p.add_argument("--quick", action="store_true", help="fewer steps: about a minute on 2 CPU cores")
     p.add_argument("--gpu-check", action="store_true", help="all GPU measurements and the bf16 correctness check")
+    p.add_argument("--app", action="store_true", help="also train through a launched app (python app.py)")
     args = p.parse_args(argv)
     if args.gpu_check:
         result = gpu_check(args)
@@ -156,8 +169,16 @@ def main(argv=None):
     print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
     for name, v in img_s.items():
         print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
+    extra = {}
+    if args.app:
+        extra = app_speed(seconds=20 if args.quick else 60)  # at batch 64, the app's default
+        extra["app_ratio"] = round(extra["app_img_s"] / img_s["engine"], 3)
+        step_ms = 1000 * args.batch / img_s["engine"]
+        print(f"through the app: {extra['app_img_s']} img/s ({extra['app_ratio']:.2f} x headless), "
+              f"{extra['updates_per_s']} chart updates/s; Step round trip {extra['step_roundtrip_ms']} ms "
+              f"for a {step_ms:.0f} ms step")
     result = {
-        "device": str(device), "precision": session.precision, "batch": args.batch,
+        "device": str(device), "precision": session.precision, "batch": args.batch, **extra,
         "notebook_img_s": round(img_s["notebook"], 1), "engine_img_s": round(img_s["engine"], 1),
         "engine_no_telemetry_img_s": round(img_s["engine_no_telemetry"], 1),
         "ratio": round(img_s["engine"] / img_s["notebook"], 3),

@@ -164,13 +164,50 @@ def run(sessions: int, seconds: float, url: str | None = None, idle_seconds: flo
     return result
 
 
+def app_speed(seconds: float, batch: int = 64) -> dict:
+    """One learner, the app to itself (for `python -m resnet.bench --app`): images/s while Play streams the charts
+    at their normal rate, and the Step button's round trip against the step's own time (from the status line)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server(port, idle_seconds=600)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(api_name="/load")
+        client.predict("shapes", "notebook (0.6M parameters)", 0, "adam", 0.001, batch, api_name="/reset")
+        for _ in range(3):
+            client.predict(api_name="/step")  # warm-up
+        trips = []
+        for _ in range(10):
+            t = time.perf_counter()
+            client.predict(api_name="/step")
+            trips.append((time.perf_counter() - t) * 1000)
+        first = step_of(client.predict(api_name="/load"))
+        job = client.submit(api_name="/play")
+        t = time.perf_counter()
+        updates = 0
+        for out in job:
+            updates += 1
+            last = step_of(out)
+            if time.perf_counter() - t > seconds:
+                break
+        elapsed = time.perf_counter() - t
+        job.cancel()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"app_img_s": round((last - first) * batch / elapsed, 1), "updates_per_s": round(updates / elapsed, 2),
+            "step_roundtrip_ms": round(statistics.median(trips), 1)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--url", default=None, help="an app already running; default: start one")
+    p.add_argument("--app-speed", action="store_true", help="one learner's training speed through the app")
     args = p.parse_args(argv)
-    print(json.dumps(run(args.sessions, args.seconds, args.url)))
+    print(json.dumps(app_speed(args.seconds) if args.app_speed else run(args.sessions, args.seconds, args.url)))
 
 
 if __name__ == "__main__":
