@@ -168,8 +168,8 @@ def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
     """Each layer's gradient norm against its depth (stem = 1 ... fc), one line per net, log scale.
 
     `twin_histories`: {"residual": History, "plain": History} (any labels); `window` > 1 averages the norms of
-    the newest `window` steps, which one noisy batch can't sway. He et al.'s plain nets lose gradient toward
-    the input; the residual net's line stays flat."""
+    the newest `window` steps, which one noisy batch can't sway. A deep plain net's norms drift by orders of
+    magnitude from one end to the other (with BN they tend to grow toward the input); a residual net's stay close."""
     from .twin import layer_depth_norms  # plain python; imported here: importing charts imports no torch
 
     data = []
@@ -179,10 +179,10 @@ def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
             continue
         rows = [layer_depth_norms(r) for r in recent]  # one list per step, same layers in the same order
         norms = [sum(row[i]["grad_norm"] for row in rows) / len(rows) for i in range(len(rows[0]))]
-        step = recent[-1]["step"]
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label or 'net'} (step {step})",
-                     "x": [r["depth"] for r in rows[0]], "y": norms, "text": [r["layer"] for r in rows[0]],
-                     "hovertemplate": "%{text}: %{y:.3g}<extra></extra>",
+        steps = f"step {recent[-1]['step']}" if len(recent) == 1 else f"steps {recent[0]['step']}-{recent[-1]['step']}"
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label or 'net'} ({steps})",
+                     "x": [r["depth"] for r in rows[0]], "y": [positive(v) for v in norms],
+                     "text": [r["layer"] for r in rows[0]], "hovertemplate": "%{text}: %{y:.3g}<extra></extra>",
                      "line": {"color": _twin_colour(label, k), "dash": TWIN_DASH.get(label, "solid")}})
     return {"data": data, "layout": _layout("Gradient norm vs depth", "‖∂loss/∂W‖", revision, log=True,
                                             xaxis={"title": {"text": "layer (1 = stem, input side)"}})}
@@ -200,7 +200,7 @@ def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict
         for route, dash in (("shortcut", "solid"), ("residual", "dash")):
             data.append({"type": "scatter", "mode": "lines+markers", "name": f"block {b} via {route}",
                          "legendgroup": f"block {b}", "x": [step for step, _ in points],
-                         "y": [row[route] for _, row in points], "marker": {"size": 4},
+                         "y": [positive(row[route]) for _, row in points], "marker": {"size": 4},
                          "line": {"color": colours[str(b)], "width": 1.5, "dash": dash}})
     return {"data": data, "layout": _layout("Gradient into each block: shortcut vs residual branch",
                                             "‖∂loss/∂x‖ per route", revision, log=True)}
