@@ -23,6 +23,7 @@ from resnet.data import DATASETS
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.model import ResNetConfig, cifar_config
 from resnet.sessions import PoolFull, SessionPool
+from resnet.twin import TwinSession
 
 ASSETS = Path(__file__).parent / "assets"
 PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1000 --save assets/shapes-resnet`
@@ -50,7 +51,13 @@ I18N = gr.I18n(
         "learn": "Learn", "status": "Status", "examples": "Examples", "data_model": "Your data, your model",
         "zip": "A .zip of class folders (cat/…, dog/…)", "use_zip": "Train on my zip", "download": "Download model",
         "model_file": "Model file (.zip)", "repo": "Hugging Face repo id", "load": "Load model (file or repo)",
-        "token": "Hub write token (used once, never stored)", "push": "Push model to my Hub repo"},
+        "token": "Hub write token (used once, never stored)", "push": "Push model to my Hub repo",
+        "twins": "Residual vs plain", "lesion": "Lesions: bypass one block at a time (held-out accuracy)",
+        "twins_intro": "Two networks start from **the same weights** and train on **the same batches**: one with "
+                       "shortcuts, one without (its *plain twin*). Go deeper (ResNet-56) and the plain twin stops "
+                       "learning: He et al.'s degradation problem. Below: each layer's gradient norm against its "
+                       "depth, and how much gradient reaches each block's input through its shortcut vs its "
+                       "residual branch."},
     zh={"title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
                  "画一个图形，看看它怎么认。",
         "train": "训练", "dataset": "数据集", "architecture": "网络", "seed": "随机种子", "reset": "重置",
@@ -64,7 +71,12 @@ I18N = gr.I18n(
         "learn": "学习", "status": "状态", "examples": "示例", "data_model": "你的数据，你的模型",
         "zip": "按类别分文件夹的 .zip（cat/…, dog/…）", "use_zip": "用我的 zip 训练", "download": "下载模型",
         "model_file": "模型文件（.zip）", "repo": "Hugging Face 仓库 ID", "load": "加载模型（文件或仓库）",
-        "token": "Hub 写入令牌（只用一次，不保存）", "push": "推送模型到我的 Hub 仓库"},
+        "token": "Hub 写入令牌（只用一次，不保存）", "push": "推送模型到我的 Hub 仓库",
+        "twins": "残差 vs 普通", "lesion": "损伤实验：每次绕过一个残差块（留出集准确率）",
+        "twins_intro": "两个网络从**相同的权重**出发，在**相同的批次**上训练：一个有残差连接，"
+                       "一个没有（它的*普通孪生*）。网络越深（ResNet-56），普通网络越学不动：这就是 He 等人所说的"
+                       "退化问题。下方：每一层的梯度范数随深度的变化，以及到达每个块输入的梯度中，"
+                       "经由残差连接与经由残差分支各有多少。"},
 )
 
 LEARN_EN = """
@@ -342,7 +354,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
         yield view(session, last_x, {**report, "messages": messages})
 
 
-def timed_chunk(session: Session, chunk: int) -> tuple[dict, int]:
+def timed_chunk(session: Session | TwinSession, chunk: int) -> tuple[dict, int]:
     """Take `chunk` steps in one hardware slot; return the report and the chunk size that fits CHUNK_SECONDS."""
     with POOL.compute():
         t = time.perf_counter()
@@ -468,7 +480,55 @@ def compare(last_x, label, layer, request: gr.Request):
 
 
 def close(request: gr.Request):
-    POOL.close(request.session_hash)  # the tab is gone: free its model now, not in an hour
+    POOL.close(request.session_hash, twin_key(request))  # the tab is gone: free its models now, not in an hour
+
+
+# --- residual vs plain ------------------------------------------------------------------------------------------
+def twin_key(request: gr.Request) -> str:
+    return request.session_hash + ":twin"  # a learner's twins take a seat of their own in the same pool
+
+
+def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
+    n = ARCHITECTURES.get(architecture)
+    return TwinSession(TrainConfig(seed=seed, eval_every=25, eval_size=300), cifar_config(n) if n else ResNetConfig())
+
+
+def twin_view(twins: TwinSession, report: dict | None = None) -> list:
+    h, revision = twins.histories, id(twins.residual.model)
+    lines = [f"**Step {twins.step_count}** · {twins.residual.model_config.depth} layers, residual vs plain, "
+             "same initial weights, same batches"]
+    for name, hist in h.items():
+        if hist.steps:
+            held = f", held-out accuracy {hist.evals[-1]['acc']:.1%}" if hist.evals else ""
+            lines.append(f"{name}: training loss {hist.steps[-1]['loss']:.3f}{held}")
+    for name, r in (report or {}).items():
+        lines += [f"⚠️ {name}: {m}" for m in r["messages"][-2:]]
+    return [charts.loss_figure(h, revision), charts.accuracy_figure(h, revision),
+            charts.depth_figure(h, revision), charts.routes_figure(twins.routes, revision), "  \n".join(lines)]
+
+
+@user_errors
+def twin_reset(architecture, seed, request: gr.Request):
+    POOL.replace(twin_key(request), new_twins(architecture, int(seed or 0)))
+    return twin_view(POOL.get(twin_key(request)))
+
+
+@user_errors
+def twin_play(n, request: gr.Request):
+    """n twin steps (0: until Pause), in chunks that keep the charts live."""
+    twins = POOL.get(twin_key(request), new_twins)
+    n, done, chunk, start = int(n or 0), 0, 1, time.monotonic()
+    while (done < n) if n > 0 else (time.monotonic() - start < PLAY_SECONDS):
+        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk)
+        done += report["residual"]["done"] + report["residual"]["rejected"]
+        yield twin_view(twins, report)
+
+
+@user_errors
+def twin_lesions(request: gr.Request):
+    twins = POOL.get(twin_key(request), new_twins)
+    with POOL.compute():
+        return go.Figure(charts.lesion_figure(twins.lesions(size=300)))
 
 
 def build_demo() -> gr.Blocks:
@@ -552,6 +612,24 @@ def build_demo() -> gr.Blocks:
                         token = gr.Textbox(label=I18N("token"), type="password")
                         push_btn = gr.Button(I18N("push"), size="sm")
                         push_text = gr.Markdown()
+            with gr.Tab(I18N("twins"), id="twins"):
+                gr.Markdown(I18N("twins_intro"))
+                with gr.Row():
+                    twin_arch = gr.Dropdown(list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"),
+                                            min_width=160)
+                    twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
+                    twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
+                    twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
+                    twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
+                    twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
+                    twin_pause_btn = gr.Button(I18N("pause"), elem_id="twin_pause", min_width=80)
+                twin_status = gr.Markdown()
+                with gr.Row():
+                    twin_loss, twin_acc = live_chart("twin-loss"), live_chart("twin-acc")
+                with gr.Row():
+                    twin_depth, twin_routes = live_chart("twin-depth"), live_chart("twin-routes")
+                lesion_btn = gr.Button(I18N("lesion"), elem_id="lesion")
+                lesion_plot = gr.Plot(label=I18N("lesion"))
             with gr.Tab(I18N("learn"), id="learn"):
                 with gr.Tabs():
                     with gr.Tab("English"):
@@ -590,6 +668,13 @@ def build_demo() -> gr.Blocks:
         mix_btn.click(mix, [last_x, true_label], teach_text, api_name="mix")
         compare_btn.click(compare, [last_x, true_label, layer], [teach_text, grad_tensor, grad_norms],
                           api_name="compare", **train)
+        twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
+        twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **train)
+        twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **train)
+        twin_playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play",
+                                           **train)
+        twin_pause_btn.click(None, None, None, cancels=[twin_playing], api_name="twin_pause")
+        lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **train)
         demo.unload(close)
     return demo
 

@@ -31,8 +31,8 @@ class SessionPool:
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(workers)
 
-    def get(self, key: str) -> Session:
-        """This learner's session, created on first use."""
+    def get(self, key: str, make: Callable[[], Session] | None = None) -> Session:
+        """This learner's session, created on first use (by `make`, else the pool's own factory)."""
         with self._lock:
             self._sweep()
             if key not in self._sessions:
@@ -43,7 +43,7 @@ class SessionPool:
             self._used[key] = time.monotonic()
         if session is None:
             try:
-                session = self.make()
+                session = (make or self.make)()
             except Exception:
                 with self._lock:
                     self._sessions.pop(key, None)
@@ -59,11 +59,12 @@ class SessionPool:
             self._sessions[key] = session
             self._used[key] = time.monotonic()
 
-    def close(self, key: str) -> None:
+    def close(self, *keys: str) -> None:
         with self._lock:
-            gone = self._sessions.pop(key, None)
-            self._used.pop(key, None)
-        if gone is not None:
+            gone = [self._sessions.pop(key, None) for key in keys]
+            for key in keys:
+                self._used.pop(key, None)
+        if any(s is not None for s in gone):
             release_memory()
 
     def __len__(self) -> int:

@@ -187,3 +187,15 @@ def test_an_offline_hub_dataset_is_a_message_and_shapes_still_works(client, monk
     with pytest.raises(AppError, match="offline"):
         client.predict("cifar10", "ResNet-20", 0, "adam", 0.001, 64, api_name="/reset")
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
+
+
+def test_twins_train_side_by_side_and_lesions_chart_both(client):
+    out = client.predict("ResNet-20", 0, api_name="/twin_reset")
+    assert "**Step 0**" in out[4] and "20 layers" in out[4]
+    out = client.predict(2, api_name="/twin_step_n")
+    assert "**Step 2**" in out[4] and "plain: training loss" in out[4]
+    names = {t["name"] for t in out[0]["data"]}
+    assert {"training (residual)", "training (plain)"} <= names
+    assert out[3]["data"]  # gradient routes measured at step 1
+    lesions = client.predict(api_name="/lesions")
+    assert lesions is not None
