@@ -169,6 +169,7 @@ def user_errors(fn):
         if isinstance(e, (ValueError, PoolFull)):  # bad image, bad lr, unknown dataset, full workshop
             return gr.Error(str(e))
         if isinstance(e, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()  # release what the failed step held; the session's weights are untouched
             return gr.Error("The accelerator ran out of memory: try a smaller batch size.")
         log.exception("handler %s failed", fn.__name__)
         return gr.Error("Something went wrong on the server; your session is intact, please try again.")
@@ -179,8 +180,6 @@ def user_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 -- see explain()
-                if isinstance(e, torch.OutOfMemoryError):
-                    torch.cuda.empty_cache()
                 raise explain(e) from None
         return gen
 
@@ -189,8 +188,6 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
-            if isinstance(e, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()
             raise explain(e) from None
     return plain
 

@@ -195,6 +195,26 @@ class Session:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def _forward_backward_step(self, x, y):
+        self.model.train()
+        with self._autocast():
+            try:
+                logits = self.forward(x)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- a compiler failure must not cost the learner the step
+                if self.forward is self.model:
+                    raise
+                log.warning("torch.compile failed (%s); training eagerly", e)
+                self.forward = self.model
+                logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
+        self.optimizer.step()
+        return logits, loss, grads
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of an epoch-wise random permutation, augmented on the device."""
         n, b = len(self.data.train_y), self.config.batch_size
@@ -229,21 +249,15 @@ class Session:
             torch._foreach_copy_(self._saved, live)
         had_state = bool(self.optimizer.state)
 
-        self.model.train()
-        with self._autocast():
-            try:
-                logits = self.forward(x)
-            except Exception as e:  # noqa: BLE001 -- a compiler failure must not cost the learner the step
-                if self.forward is self.model:
-                    raise
-                log.warning("torch.compile failed (%s); training eagerly", e)
-                self.forward = self.model
-                logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
-        self.optimizer.step()
+        try:
+            logits, loss, grads = self._forward_backward_step(x, y)
+        except torch.OutOfMemoryError:
+            # a batch too big for the accelerator: undo whatever ran (BN statistics), free the step's memory
+            torch._foreach_copy_(live[: len(self._saved)], self._saved)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
 
         # all statistics in one tensor, so the host waits for the device once per step
         k = len(self.weights)

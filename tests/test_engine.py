@@ -176,3 +176,21 @@ def test_mixed_in_image_sits_in_the_next_batches_only():
         assert torch.equal(bx[-1:], x) and by[-1].item() == 7 and len(by) == 16
     bx, _ = s.next_batch()
     assert not torch.equal(bx[-1:], x)
+
+
+def test_out_of_memory_fails_the_step_restores_it_and_training_goes_on(monkeypatch):
+    s = session()
+    s.step(1)
+    before = state_of(s)
+    real = s.forward
+
+    def oom(x):
+        real(x)  # BN statistics move before the failure, as they would on a real device
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(s, "forward", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        s.step(1)
+    assert_same_state(state_of(s), before)
+    monkeypatch.setattr(s, "forward", real)
+    assert s.step(1)["done"] == 1 and s.step_count == 2
