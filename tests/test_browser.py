@@ -69,13 +69,6 @@ def wait_js(page: Page, predicate: str, failure: str, arg=None, timeout_ms: int 
         pytest.fail(f"{failure} (waited {timeout_ms / 1000:.0f} s)")
 
 
-def wait_past_step(page: Page, n: int, timeout_ms: int = STEP_MS) -> int:
-    """Wait until the status line shows a step after n; return it."""
-    wait_js(page, "n => +(/Step (\\d+)/.exec(document.querySelector('#status').innerText) || [0, -1])[1] > n",
-            f"the status line never went past step {n}", n, timeout_ms)
-    return status_step(page)
-
-
 def wait_loss_points(page: Page, n: int, timeout_ms: int = STEP_MS):
     wait_js(page, f"n => ({TRACE_LEN})(document.querySelector('#chart-loss .js-plotly-plot')) >= n",
             f"the loss chart never showed {n} steps", n, timeout_ms)
@@ -139,8 +132,9 @@ def test_learner_session(page: Page):
     assert plots["removed"] == 0, f"streamed updates removed plotly charts from the page: {plots}"
     page.evaluate("() => Plotly.relayout(window.__loss, {'xaxis.range': [0, 2]})")
     page.click("#step")
-    # not necessarily paused_b + 1: the server finishes the chunk that was in flight when Pause landed
-    stepped = wait_past_step(page, paused_b)
+    # Pause waits for the chunk in flight and shows it, so the page is not behind: exactly one step more
+    stepped = paused_b + 1
+    wait_for_step(page, stepped)
     wait_loss_points(page, stepped)
     zoom = page.evaluate("() => window.__loss.layout.xaxis.range")
     assert zoom == [0, 2], f"a training update reset the learner's zoom to {zoom}"
