@@ -351,23 +351,41 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
         yield view(session, last_x, {**report, "messages": messages})
 
 
-def timed_chunk(session: Session | TwinSession, chunk: int) -> tuple[dict, int]:
-    """Take `chunk` steps in one hardware slot; return the report and the chunk size that fits CHUNK_SECONDS."""
-    with POOL.compute():
+PLAYING: dict[str, object] = {}  # learner key -> the token of its running Play; Pause takes it away
+
+
+def timed_chunk(session: Session | TwinSession, chunk: int, key: str | None = None, token=None):
+    """Take `chunk` steps in one hardware slot; return the report (None if Pause took the token first) and the
+    chunk size that fits CHUNK_SECONDS. The token is checked under the session's lock, so once Pause holds that
+    lock no further chunk can start behind its back."""
+    with POOL.compute(), session.lock:
+        if key is not None and PLAYING.get(key) is not token:
+            return None, chunk
         t = time.perf_counter()
         report = session.step(chunk)
         seconds = time.perf_counter() - t
     return report, max(1, min(200, int(chunk * CHUNK_SECONDS / max(seconds, 1e-3))))
 
 
+def stop_playing(key: str, session) -> None:
+    PLAYING.pop(key, None)
+    with session.lock:  # the chunk in flight, if any, ends before this returns
+        pass
+
+
 @user_errors
 def play(last_x, request: gr.Request):
     """Train until Pause (which cancels this generator between two chunks) or PLAY_SECONDS."""
-    session = POOL.get(request.session_hash)
+    key = request.session_hash
+    session = POOL.get(key)
     start, chunk = time.monotonic(), 1
+    PLAYING[key] = token = object()  # a second Play of the same learner replaces the first
     while time.monotonic() - start < PLAY_SECONDS:
-        report, chunk = timed_chunk(session, chunk)
+        report, chunk = timed_chunk(session, chunk, key, token)
+        if report is None:
+            return
         yield view(session, last_x, report)
+    PLAYING.pop(key, None)
     gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
 
 
@@ -376,8 +394,8 @@ def pause(last_x, request: gr.Request):
     """Play is cancelled between chunks; the chunk in flight still finishes. Wait for it (the session's lock),
     then show where training stopped, so the page is not one chunk behind."""
     session = POOL.get(request.session_hash)
-    with session.lock:
-        return view(session, last_x)
+    stop_playing(request.session_hash, session)
+    return view(session, last_x)
 
 
 @user_errors
@@ -477,6 +495,8 @@ def compare(last_x, label, layer, request: gr.Request):
 
 
 def close(request: gr.Request):
+    for key in (request.session_hash, twin_key(request)):
+        PLAYING.pop(key, None)
     POOL.close(request.session_hash, twin_key(request))  # the tab is gone: free its models now, not in an hour
 
 
@@ -513,12 +533,25 @@ def twin_reset(architecture, seed, request: gr.Request):
 @user_errors
 def twin_play(n, request: gr.Request):
     """n twin steps (0: until Pause), in chunks that keep the charts live."""
-    twins = POOL.get(twin_key(request), new_twins)
+    key = twin_key(request)
+    twins = POOL.get(key, new_twins)
     n, done, chunk, start = int(n or 0), 0, 1, time.monotonic()
+    token = None
+    if n <= 0:  # Play: until Pause takes the token
+        PLAYING[key] = token = object()
     while (done < n) if n > 0 else (time.monotonic() - start < PLAY_SECONDS):
-        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk)
+        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk, key if n <= 0 else None, token)
+        if report is None:
+            return
         done += report["residual"]["done"] + report["residual"]["rejected"]
         yield twin_view(twins, report)
+
+
+@user_errors
+def twin_pause(request: gr.Request):
+    twins = POOL.get(twin_key(request), new_twins)
+    stop_playing(twin_key(request), twins)
+    return twin_view(twins)
 
 
 @user_errors
@@ -568,9 +601,10 @@ def build_demo() -> gr.Blocks:
                     with gr.Column():
                         with gr.Tabs():
                             with gr.Tab(I18N("draw")):
+                                # RGBA: an API caller's layers keep their transparency (RGB would turn it black)
                                 sketch = gr.Sketchpad(
                                     value=blank_sketch(), canvas_size=(SKETCH_SIZE, SKETCH_SIZE), fixed_canvas=True,
-                                    height=SKETCH_SIZE + 62, image_mode="RGB", type="numpy", layers=False,
+                                    height=SKETCH_SIZE + 62, image_mode="RGBA", type="numpy", layers=False,
                                     transforms=(), sources=(), elem_id="sketch", label=I18N("draw"),
                                     brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"),
                                     eraser=gr.Eraser(default_size=14))
@@ -670,7 +704,7 @@ def build_demo() -> gr.Blocks:
         twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **train)
         twin_playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play",
                                            **train)
-        twin_pause_btn.click(None, None, None, cancels=[twin_playing], api_name="twin_pause")
+        twin_pause_btn.click(twin_pause, None, twin_out, cancels=[twin_playing], api_name="twin_pause")
         lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **train)
         demo.unload(close)
     return demo

@@ -67,7 +67,7 @@ def test_switching_shortcuts_is_live_and_marked_on_the_charts(client):
     client.predict(api_name="/step")
     out = client.predict(False, api_name="/all_shortcuts")
     assert "shortcuts on: 0/3" in status_of(out) and out[-1] == []
-    assert any("shortcut off" in a["text"] for a in out[0]["layout"]["annotations"])
+    assert any("shortcut off" in a["hovertext"] for a in out[0]["layout"]["annotations"])
     out = client.predict(["block 2"], api_name="/block_shortcuts")
     assert "shortcuts on: 1/3" in status_of(out) and out[-1] is False
 
