@@ -617,7 +617,7 @@ def build_demo() -> gr.Blocks:
                                     gr.Examples(examples, inputs=image, label=I18N("examples"))
                     with gr.Column():
                         label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
-                        features = gr.Gallery(label=I18N("features"), columns=4, height="auto", object_fit="contain")
+                        features = gr.Gallery(label=I18N("features"), columns=4, height=220, object_fit="contain")
             with gr.Tab(I18N("teach"), id="teach"):
                 with gr.Row():
                     true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
