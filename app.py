@@ -331,7 +331,7 @@ def configure(optimizer, lr, batch, request: gr.Request):
 @user_errors
 def step(last_x, request: gr.Request):
     session = POOL.get(request.session_hash)
-    with POOL.compute():
+    with POOL.compute(request.session_hash):
         report = session.step(1)
     return view(session, last_x, report)
 
@@ -345,7 +345,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     done, chunk, messages = 0, 1, []
     while done < n:
         progress((done, n), desc="training", unit="steps")
-        report, chunk = timed_chunk(session, min(chunk, n - done))
+        report, chunk = timed_chunk(session, min(chunk, n - done), request.session_hash)
         done += report["done"] + report["rejected"]
         messages += report["messages"]
         yield view(session, last_x, {**report, "messages": messages})
@@ -354,12 +354,12 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
 PLAYING: dict[str, object] = {}  # learner key -> the token of its running Play; Pause takes it away
 
 
-def timed_chunk(session: Session | TwinSession, chunk: int, key: str | None = None, token=None):
-    """Take `chunk` steps in one hardware slot; return the report (None if Pause took the token first) and the
-    chunk size that fits CHUNK_SECONDS. The token is checked under the session's lock, so once Pause holds that
-    lock no further chunk can start behind its back."""
-    with POOL.compute(), session.lock:
-        if key is not None and PLAYING.get(key) is not token:
+def timed_chunk(session: Session | TwinSession, chunk: int, key: str, token=None):
+    """Take `chunk` steps in one hardware slot; return the report (None if Pause took Play's token first) and
+    the chunk size that fits CHUNK_SECONDS. The token is checked under the session's lock, so once Pause holds
+    that lock no further chunk can start behind its back."""
+    with POOL.compute(key), session.lock:
+        if token is not None and PLAYING.get(key) is not token:
             return None, chunk
         t = time.perf_counter()
         report = session.step(chunk)
@@ -461,7 +461,7 @@ def labelled(session: Session, last_x, label):
 def teach_step(last_x, label, layer, request: gr.Request):
     session = POOL.get(request.session_hash)
     x, y = labelled(session, last_x, label)
-    with POOL.compute():
+    with POOL.compute(request.session_hash):
         record = session.teach(x, y)
     if "rejected" in record:
         raise gr.Error(record["rejected"])
@@ -486,7 +486,7 @@ def compare(last_x, label, layer, request: gr.Request):
     session = POOL.get(request.session_hash)
     x, y = labelled(session, last_x, label)
     n = len(session.shortcuts)
-    with POOL.compute():
+    with POOL.compute(request.session_hash):
         on, off = session.gradients(x, y, [True] * n), session.gradients(x, y, [False] * n)
     text = f"Loss with shortcuts on: {on['loss']:.4f} · off: {off['loss']:.4f} (no step taken)."
     figure = charts.gradient_tensor_figure([on["grads"], off["grads"]], layer)
@@ -540,7 +540,7 @@ def twin_play(n, request: gr.Request):
     if n <= 0:  # Play: until Pause takes the token
         PLAYING[key] = token = object()
     while (done < n) if n > 0 else (time.monotonic() - start < PLAY_SECONDS):
-        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk, key if n <= 0 else None, token)
+        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk, key, token)
         if report is None:
             return
         done += report["residual"]["done"] + report["residual"]["rejected"]
@@ -557,7 +557,7 @@ def twin_pause(request: gr.Request):
 @user_errors
 def twin_lesions(request: gr.Request):
     twins = POOL.get(twin_key(request), new_twins)
-    with POOL.compute():
+    with POOL.compute(twin_key(request)):
         return go.Figure(charts.lesion_figure(twins.lesions(size=300)))
 
 

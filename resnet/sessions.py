@@ -28,6 +28,7 @@ class SessionPool:
         self.idle_seconds = idle_seconds  # a session untouched this long is freed
         self._sessions: dict[str, Session] = {}
         self._used: dict[str, float] = {}
+        self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(workers)
 
@@ -73,7 +74,7 @@ class SessionPool:
 
     def _sweep(self):
         now = time.monotonic()
-        idle = [k for k, t in self._used.items() if now - t > self.idle_seconds]
+        idle = [k for k, t in self._used.items() if now - t > self.idle_seconds and not self._busy.get(k)]
         for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
@@ -81,10 +82,23 @@ class SessionPool:
             release_memory()
 
     @contextmanager
-    def compute(self):
-        """Hold one of the hardware's training slots for the duration of a chunk of steps."""
-        with self._slots:
-            yield
+    def compute(self, key: str | None = None):
+        """Hold one of the hardware's training slots for a chunk of steps. With `key`, that learner's session
+        counts as in use while it waits and trains (a long queue must not make it look idle) and after."""
+        if key is not None:
+            with self._lock:
+                self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            with self._slots:
+                yield
+        finally:
+            if key is not None:
+                with self._lock:
+                    self._busy[key] -= 1
+                    if not self._busy[key]:
+                        del self._busy[key]
+                    if key in self._used:
+                        self._used[key] = time.monotonic()
 
 
 def release_memory() -> None:

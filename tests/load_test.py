@@ -53,6 +53,7 @@ class Learner(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.seconds, self.rng = url, seconds, random.Random(seed)
         self.step_ms, self.predict_ms, self.errors, self.cross_talk = [], [], [], 0
+        self.previous = "start"  # the action before, to explain a cross-talk count
 
     def timed(self, bucket, *args, **kwargs):
         t = time.perf_counter()
@@ -76,25 +77,26 @@ class Learner(threading.Thread):
             try:
                 if action == "step":
                     now = step_of(self.timed(self.step_ms, api_name="/step"))
-                    self.cross_talk += now not in (count + 1, count)  # +0: the step was rejected
+                    if now not in (count + 1, count):  # +0: the step was rejected
+                        self.cross_talk += 1
+                        print(f"cross-talk? expected step {count + 1}, got {now} (after {self.previous})")
                     count = now
                 elif action == "predict":
                     self.timed(self.predict_ms, handle_file(str(self.rng.choice(EXAMPLES))), api_name="/predict_image")
                 elif action == "play":
                     job = self.client.submit(api_name="/play")
-                    for i, out in enumerate(job):
-                        count = step_of(out)
+                    for i, _ in enumerate(job):
                         if i == 1:
                             break
-                    job.cancel()
-                    time.sleep(0.5)  # Pause stops between chunks: let the last one land before counting on
-                    count = step_of(self.client.predict(api_name="/load"))
+                    # as the Pause button does: no chunk runs after it returns, and it shows the last one
+                    count = step_of(self.client.predict(api_name="/pause"))
                 elif action == "shortcut":
                     self.client.predict(self.rng.random() < 0.5, api_name="/all_shortcuts")
                 else:
                     self.client.predict("adam", self.rng.choice([1e-3, 5e-4, 2e-3]), 32, api_name="/configure")
             except Exception as e:  # noqa: BLE001
-                self.errors.append(f"{action}: {e}")
+                self.errors.append(f"{action}: {type(e).__name__}: {e}")
+            self.previous = action
 
 
 def percentile(values, q):
