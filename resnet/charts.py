@@ -12,6 +12,7 @@ from plotly.colors import sample_colorscale
 EVENT_COLOURS = {"shortcut": "#d62728", "lr": "#7f7f7f", "optimizer": "#7f7f7f", "batch": "#7f7f7f",
                  "rejected": "#ff7f0e", "teach": "#2ca02c"}
 TWIN_DASH = {"residual": "solid", "plain": "dot"}
+TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
 
 def thin(records: list[dict], max_points: int) -> list[dict]:
@@ -50,33 +51,31 @@ def _runs(history) -> dict:
     return history if isinstance(history, dict) else {"": history}
 
 
-def loss_figure(history, revision=0, max_points: int = 300) -> dict:
+def _curves(history, field: str, train_name: str, max_points: int) -> list[dict]:
+    """Training (per batch) and held-out lines of one field; twins are coloured by net, held-out with markers."""
     data = []
     for label, h in _runs(history).items():
-        steps = thin(h.steps, max_points)
-        dash, name = TWIN_DASH.get(label, "solid"), f" ({label})" if label else ""
-        data.append({"type": "scatter", "mode": "lines", "name": f"training{name}", "x": [r["step"] for r in steps],
-                     "y": [r["loss"] for r in steps], "line": {"color": "#1f77b4", "dash": dash}})
-        evals = thin(h.evals, max_points)
+        steps, evals = thin(h.steps, max_points), thin(h.evals, max_points)
+        name = f" ({label})" if label else ""
+        train_colour, held_colour = (TWIN_COLOURS[label],) * 2 if label in TWIN_COLOURS else ("#1f77b4", "#ff7f0e")
+        data.append({"type": "scatter", "mode": "lines", "name": f"{train_name}{name}", "opacity": 0.6,
+                     "x": [r["step"] for r in steps], "y": [r[field] for r in steps],
+                     "line": {"color": train_colour, "dash": TWIN_DASH.get(label, "solid")}})
         data.append({"type": "scatter", "mode": "lines+markers", "name": f"held-out{name}",
-                     "x": [r["step"] for r in evals], "y": [r["loss"] for r in evals],
-                     "line": {"color": "#ff7f0e", "dash": dash}})
-    return {"data": data, "layout": _layout("Loss", "cross-entropy", revision, _events(history))}
+                     "x": [r["step"] for r in evals], "y": [r[field] for r in evals],
+                     "line": {"color": held_colour, "dash": TWIN_DASH.get(label, "solid")}})
+    return data
+
+
+def loss_figure(history, revision=0, max_points: int = 300) -> dict:
+    return {"data": _curves(history, "loss", "training", max_points),
+            "layout": _layout("Loss", "cross-entropy", revision, _events(history))}
 
 
 def accuracy_figure(history, revision=0, max_points: int = 300) -> dict:
-    data = []
-    for label, h in _runs(history).items():
-        steps = thin(h.steps, max_points)
-        dash, name = TWIN_DASH.get(label, "solid"), f" ({label})" if label else ""
-        data.append({"type": "scatter", "mode": "lines", "name": f"batch{name}", "x": [r["step"] for r in steps],
-                     "y": [r["acc"] for r in steps], "line": {"color": "#1f77b4", "dash": dash}})
-        evals = thin(h.evals, max_points)
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"held-out{name}",
-                     "x": [r["step"] for r in evals], "y": [r["acc"] for r in evals],
-                     "line": {"color": "#ff7f0e", "dash": dash}})
-    return {"data": data, "layout": _layout("Accuracy", "fraction correct", revision, _events(history),
-                                            yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]})}
+    return {"data": _curves(history, "acc", "batch", max_points),
+            "layout": _layout("Accuracy", "fraction correct", revision, _events(history),
+                              yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]})}
 
 
 def positive(v: float) -> float | None:
@@ -156,7 +155,6 @@ def grad_norm_bars_figure(runs: dict[str, dict[str, float]]) -> dict:
 
 
 # --- twins: depth, gradient routes, lesions -------------------------------------------------------------------
-TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
 
 def _twin_colour(label: str, k: int) -> str:

@@ -1,8 +1,10 @@
-"""One launched app for the tests that talk to it over HTTP (gradio_client) or drive it in a browser."""
+"""Shared fixtures: one launched app for the tests that talk to it over HTTP (gradio_client) or drive it in a browser,
+a learner on it, and single-threaded torch for tests of tiny tensors."""
 
 import socket
 
 import pytest
+import torch
 
 
 def free_port() -> int:
@@ -20,3 +22,22 @@ def app_url():
     app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture()
+def client(app_url):
+    """A new learner (its own session) on the launched app, after the page's first event."""
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    c.predict(api_name="/load")
+    return c
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors: one thread beats two contending for busy shared cores (a batch norm took 25 ms, not 0.1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

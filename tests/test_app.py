@@ -15,13 +15,6 @@ from PIL import Image
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-@pytest.fixture()
-def client(app_url):
-    c = Client(app_url, verbose=False)
-    c.predict(api_name="/load")
-    return c
-
-
 def status_of(outputs) -> str:
     return outputs[4]  # loss, accuracy, grad norm, heatmap charts, then the status line
 

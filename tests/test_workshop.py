@@ -43,13 +43,6 @@ def gif_animated() -> bytes:
     return image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
 
 
-@pytest.fixture()
-def client(app_url):
-    c = Client(app_url, verbose=False)
-    c.predict(api_name="/load")
-    return c
-
-
 def status_step(outputs) -> int:
     return int(outputs[4].split("**Step ")[1].split("**")[0])
 
