@@ -52,8 +52,8 @@ def predict(model, value, classes, k: int = 3, device=None) -> dict:
     model.eval()  # BatchNorm must use its running statistics: a batch of one image has none of its own
     try:
         with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0].cpu()  # (num_classes,)
-            feats = model.features(x)
+            feats = model.features(x)  # one pass: the last block's output also gives the logits
+            probs = model.head(feats[f"block{len(model.blocks)}"]).float().softmax(-1)[0].cpu()  # (num_classes,)
     finally:
         model.train(was_training)
     if len(classes) != len(probs):

@@ -110,8 +110,11 @@ class ResNet(nn.Module):
     def forward(self, x):
         x = self.stem(x)  # (B, stem_width, 32, 32)
         x = self.blocks(x)  # (B, widths[-1], 32 / 2**(stages-1), ...)
-        x = x.mean(dim=(2, 3))  # global average pool: (B, widths[-1])
-        return self.fc(x)  # (B, num_classes)
+        return self.head(x)
+
+    def head(self, h):
+        """The last block's output -> logits: global average pool (B, widths[-1]), then fc (B, num_classes)."""
+        return self.fc(h.mean(dim=(2, 3)))
 
     def features(self, x) -> dict[str, torch.Tensor]:
         """What each block sees and hands on: {"stem": (B,C,H,W), "block1": ..., ...} for one forward pass."""

@@ -191,7 +191,7 @@ def route_gradients(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tup
                     out = out + block.shortcut(into_shortcut)
                     taps.append((i, h, into_residual, into_shortcut))
                 h = F.relu(out)  # as Block.forward
-            loss = F.cross_entropy(model.fc(h.mean(dim=(2, 3))), y)
+            loss = F.cross_entropy(model.head(h), y)
             wanted = [t for _, *tensors in taps for t in tensors]
             grads = torch.autograd.grad(loss, wanted) if wanted else ()  # one backward pass for every route
     finally:
@@ -234,16 +234,12 @@ def _lesioned_logits(model: ResNet, x: torch.Tensor):
     inputs = [model.stem(x)]  # inputs[i]: what block i+1 reads, (B, C, H, W)
     for block in model.blocks:
         inputs.append(block(inputs[-1]))
-
-    def head(h):
-        return model.fc(h.mean(dim=(2, 3)))  # as ResNet.forward: global average pool, fc
-
-    yield head(inputs[-1])
+    yield model.head(inputs[-1])
     for i, cut in enumerate(model.blocks):
         h = F.relu(cut.shortcut(inputs[i]))  # the block without its residual branch
         for block in model.blocks[i + 1 :]:
             h = block(h)
-        yield head(h)
+        yield model.head(h)
 
 
 # --- depth ----------------------------------------------------------------------------------------------------
