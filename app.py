@@ -26,7 +26,7 @@ from resnet.sessions import PoolFull, SessionPool
 from resnet.twin import TwinSession
 
 ASSETS = Path(__file__).parent / "assets"
-PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1000 --save assets/shapes-resnet`
+PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1500 --save assets/shapes-resnet`
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: works offline
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
@@ -247,8 +247,9 @@ def reset(dataset, architecture, seed, optimizer, lr, batch, last_x, request: gr
           progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- shows a Hub download's progress
     session = POOL.get(request.session_hash)
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
+    batch = min(int(batch), len(own.train_y)) if own else int(batch)  # a small zip may hold fewer images
     fresh = new_session(dataset, architecture, int(seed or 0), data=own, optimizer=optimizer, lr=float(lr),
-                        batch_size=min(int(batch), len(session.data.train_y) if own else int(batch)))
+                        batch_size=batch)
     return switch_to(fresh, session, last_x, request)
 
 
@@ -305,9 +306,7 @@ def push_model(repo_id, token, request: gr.Request):
         raise gr.Error("Type your repo id (you/name) and a write token from huggingface.co/settings/tokens.")
     session = POOL.get(request.session_hash)
     with session.lock:
-        model = checkpoint.HubResNet(session.model.config.to_dict(), list(session.data.classes),
-                                     session.model.shortcuts, session.config.dataset)
-        model.load_state_dict({k: v.cpu() for k, v in session.model.state_dict().items()})
+        model = checkpoint.to_hub(session.model, session.data.classes, session.config.dataset)
     try:
         url = model.push_to_hub(repo_id.strip(), token=token.strip())
     except Exception as e:  # noqa: BLE001 -- a network or permission error: say which, never echo the token

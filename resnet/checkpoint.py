@@ -29,11 +29,16 @@ class HubResNet(ResNet, PyTorchModelHubMixin, library_name="resnet-playground", 
             self.set_shortcut(on, i)
 
 
-def save(model: ResNet, directory: str | Path, classes, dataset: str = "") -> Path:
-    """Write model.safetensors + config.json to `directory` (created if needed)."""
+def to_hub(model: ResNet, classes, dataset: str = "") -> HubResNet:
+    """A CPU copy of a live model that knows how to save or push itself, with its classes and switches."""
     hub = HubResNet(model.config.to_dict(), list(classes), model.shortcuts, dataset)
     hub.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    hub.save_pretrained(directory)
+    return hub
+
+
+def save(model: ResNet, directory: str | Path, classes, dataset: str = "") -> Path:
+    """Write model.safetensors + config.json to `directory` (created if needed)."""
+    to_hub(model, classes, dataset).save_pretrained(directory)
     return Path(directory)
 
 
