@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,10 @@ from gradio_client import Client, handle_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.png"))
+# gradio_client opens a new httpx client per request, and each builds a TLS context (CA bundle parsed: ~10 ms of
+# CPU) even for http://. Sixteen learners in one process spent most of their CPU there, on the 2 cores the server
+# needs; a browser keeps its connection. One context, made once, is handed to every request instead.
+TLS = ssl.create_default_context()
 
 
 def step_of(outputs) -> int:
@@ -48,6 +53,10 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def connect(url: str) -> Client:
+    return Client(url, verbose=False, ssl_verify=TLS)  # httpx takes a context where gradio_client passes verify=
+
+
 class Learner(threading.Thread):
     def __init__(self, url: str, seconds: float, seed: int):
         super().__init__(daemon=True)
@@ -63,7 +72,7 @@ class Learner(threading.Thread):
 
     def run(self):
         try:
-            self.client = Client(self.url, verbose=False)
+            self.client = connect(self.url)
             self.client.predict(api_name="/load")
             out = self.client.predict("shapes", "notebook (0.6M parameters)", self.rng.randrange(100), "adam", 0.001,
                                       32, api_name="/reset")
@@ -85,9 +94,8 @@ class Learner(threading.Thread):
                     self.timed(self.predict_ms, handle_file(str(self.rng.choice(EXAMPLES))), api_name="/predict_image")
                 elif action == "play":
                     job = self.client.submit(api_name="/play")
-                    for i, _ in enumerate(job):
-                        if i == 1:
-                            break
+                    while len(job.outputs()) < 2 and not job.done():  # iterating a Job polls every 1 ms
+                        time.sleep(0.05)
                     # as the Pause button does: no chunk runs after it returns, and it shows the last one
                     count = step_of(self.client.predict(api_name="/pause"))
                 elif action == "shortcut":
@@ -141,7 +149,7 @@ def run(sessions: int, seconds: float, url: str | None = None, idle_seconds: flo
         rss_after = 0.0
         if pid:
             time.sleep(idle_seconds + 2)
-            Client(url, verbose=False).predict(api_name="/load")  # a visit sweeps the idle sessions out
+            connect(url).predict(api_name="/load")  # a visit sweeps the idle sessions out
             time.sleep(1)
             rss_after = rss_mb(pid)
     finally:
@@ -174,7 +182,7 @@ def app_speed(seconds: float, batch: int = 64) -> dict:
         port = s.getsockname()[1]
     server = start_server(port, idle_seconds=600)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = connect(f"http://127.0.0.1:{port}/")
         client.predict(api_name="/load")
         client.predict("shapes", "notebook (0.6M parameters)", 0, "adam", 0.001, batch, api_name="/reset")
         for _ in range(3):
