@@ -1,8 +1,9 @@
 """Training speed, measured in one run on one device: `python -m resnet.bench [--quick]`.
 
 Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam) on the same batches; against it, the
-session's `step()` with telemetry on and off. Runs are interleaved round by round and each figure is the median
-round, because two processes (or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
+session's `step()` with telemetry on and off, and the ceiling: the model's convolutions alone, at the device's best
+speed for them. Runs are interleaved round by round and each figure is the median round, because two processes
+(or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
 """
 
 import argparse
@@ -50,6 +51,40 @@ def session_loop(config: TrainConfig):
     return lambda: session.step(1), session
 
 
+def ceiling(session: Session, reps: int = 5) -> dict:
+    """The most img/s this device could train the session's model: its conv and linear layers alone, forward only,
+    each timed in isolation at the session's batch, precision and memory format. Backward costs twice the forward
+    FLOPs (input and weight gradients) at no better speed, and BN, ReLU and the optimizer only add time, so a training
+    step takes at least 3x this forward time. Returns the forward GFLOP per image, the layers' GFLOP/s and the
+    ceiling in img/s."""
+    import torch.nn.functional as F
+
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, (i[0].shape, o.shape)))
+             for m in session.layers.values()]
+    x, _ = session.next_batch()  # (B, 3, 32, 32)
+    with torch.no_grad():
+        session.model(x)
+    for h in hooks:
+        h.remove()
+    flops, seconds = 0, 0.0
+    for m, (in_shape, out_shape) in shapes.items():
+        inp = torch.randn(in_shape, device=session.device)
+        if isinstance(m, nn.Conv2d):  # each output element: c_in/groups * kh * kw multiply-adds
+            inp = inp.contiguous(memory_format=session.memory_format)
+            flops += 2 * out_shape.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            run = lambda m=m, inp=inp: F.conv2d(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+        else:
+            flops += 2 * out_shape.numel() * m.in_features
+            run = lambda m=m, inp=inp: F.linear(inp, m.weight, m.bias)
+        with torch.no_grad(), session._autocast():
+            run()
+            seconds += min(measure(run, 1, session.device) for _ in range(reps))
+    batch = x.shape[0]
+    return {"gflop_per_image": flops / batch / 1e9, "layers_gflop_s": flops / seconds / 1e9,
+            "ceiling_img_s": batch / (3 * seconds)}
+
+
 def measure(step, steps: int, device) -> float:
     sync(device)
     t = time.perf_counter()
@@ -87,7 +122,7 @@ def gpu_check(args) -> dict:
     data = load_dataset("shapes", device)
     loops = {"notebook": notebook_loop(data, device, batch)}
     base = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
-    loops["engine"] = session_loop(base)[0]
+    loops["engine"], session = session_loop(base)
     loops["engine_no_telemetry"] = session_loop(replace(base, telemetry=False))[0]
     loops["engine_compiled"] = session_loop(replace(base, compile=True))[0]
     loops["engine_compiled_no_telemetry"] = session_loop(replace(base, compile=True, telemetry=False))[0]
@@ -108,14 +143,18 @@ def gpu_check(args) -> dict:
         for key, step in loops.items():
             times[key].append(measure(step, steps, device))
     img_s = {key: steps * batch / statistics.median(t) for key, t in times.items()}
+    bound = ceiling(session)
     print(f"{name}, torch {torch.__version__}, batch {batch}, {rounds} rounds x {steps} steps")
     print(f"{'loop':<32}{'img/s':>12}{'x notebook':>12}{'warm-up s':>11}")
     for key, v in img_s.items():
         print(f"{key:<32}{v:>12.0f}{v / img_s['notebook']:>12.2f}{warm[key]:>11}")
+    print(f"{'ceiling (convolutions alone)':<32}{bound['ceiling_img_s']:>12.0f}"
+          f"{bound['ceiling_img_s'] / img_s['notebook']:>12.2f}")
     agreement = gpu_agreement(device)
     print(f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
           f"largest grad-norm rel diff {agreement['grad_norm_rel_diff']:.2e}")
     return {"device": name, "batch": batch, **{f"{k}_img_s": round(v) for k, v in img_s.items()},
+            "ceiling_img_s": round(bound["ceiling_img_s"]), "layers_tflop_s": round(bound["layers_gflop_s"] / 1e3, 1),
             "warmup_s": warm, "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1), **agreement}
 
 
@@ -162,6 +201,8 @@ def main(argv=None):
         for name, step in loops.items():
             times[name].append(measure(step, steps, device))
     img_s = {name: steps * args.batch / statistics.median(t) for name, t in times.items()}
+    bound = ceiling(session)
+    img_s["ceiling"] = bound["ceiling_img_s"]
 
     print(f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, session precision {session.precision}, batch {args.batch}, "
@@ -169,20 +210,34 @@ def main(argv=None):
     print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
     for name, v in img_s.items():
         print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
+    print(f"ceiling: the model's {bound['gflop_per_image']:.3f} GFLOP/image forward at the {bound['layers_gflop_s']:.0f} "
+          f"GFLOP/s its layers reach alone ({session.precision}), x3 for a training step")
     extra = {}
     if args.app:
-        extra = app_speed(seconds=20 if args.quick else 60)  # at batch 64, the app's default
-        extra["app_ratio"] = round(extra["app_img_s"] / img_s["engine"], 3)
+        # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
+        # its headless twin is the engine's step plus that evaluation, amortised: like for like, not UI work.
+        evaluate = lambda: session.evaluate(config.eval_size)  # noqa: E731
+        measure(evaluate, 1, device)
+        eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
         step_ms = 1000 * args.batch / img_s["engine"]
-        print(f"through the app: {extra['app_img_s']} img/s ({extra['app_ratio']:.2f} x headless), "
-              f"{extra['updates_per_s']} chart updates/s; Step round trip {extra['step_roundtrip_ms']} ms "
-              f"for a {step_ms:.0f} ms step")
+        headless = args.batch / (step_ms / 1000 + eval_s / TrainConfig.eval_every)
+        extra = app_speed(seconds=20 if args.quick else 60)  # at batch 64, the app's default
+        extra["headless_with_eval_img_s"] = round(headless, 1)
+        extra["app_ratio"] = round(extra["app_img_s"] / headless, 3)
+        extra["app_ratio_training_only"] = round(extra["app_img_s"] / img_s["engine"], 3)
+        print(f"headless with the app's held-out evaluation ({config.eval_size} images every {TrainConfig.eval_every} "
+              f"steps, {eval_s * 1000:.0f} ms each): {headless:.1f} img/s")
+        print(f"through the app: {extra['app_img_s']} img/s ({extra['app_ratio']:.2f} x headless with evaluation, "
+              f"{extra['app_ratio_training_only']:.2f} x training alone), {extra['updates_per_s']} chart updates/s; "
+              f"Step round trip {extra['step_roundtrip_ms']} ms for a {step_ms:.0f} ms step")
     result = {
         "device": str(device), "precision": session.precision, "batch": args.batch, **extra,
         "notebook_img_s": round(img_s["notebook"], 1), "engine_img_s": round(img_s["engine"], 1),
         "engine_no_telemetry_img_s": round(img_s["engine_no_telemetry"], 1),
         "ratio": round(img_s["engine"] / img_s["notebook"], 3),
         "telemetry_overhead": round(1 - img_s["engine"] / img_s["engine_no_telemetry"], 4),
+        "ceiling_img_s": round(img_s["ceiling"], 1), "ceiling_ratio": round(img_s["ceiling"] / img_s["notebook"], 3),
+        "gflop_per_image": round(bound["gflop_per_image"], 3), "layers_gflop_s": round(bound["layers_gflop_s"], 1),
     }
     print(json.dumps(result))
     return result
