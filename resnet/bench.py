@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -73,10 +74,10 @@ def ceiling(session: Session, reps: int = 5) -> dict:
         if isinstance(m, nn.Conv2d):  # each output element: c_in/groups * kh * kw multiply-adds
             inp = inp.contiguous(memory_format=session.memory_format)
             flops += 2 * out_shape.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            run = lambda m=m, inp=inp: F.conv2d(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+            run = partial(F.conv2d, inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
         else:
             flops += 2 * out_shape.numel() * m.in_features
-            run = lambda m=m, inp=inp: F.linear(inp, m.weight, m.bias)
+            run = partial(F.linear, inp, m.weight, m.bias)
         with torch.no_grad(), session._autocast():
             run()
             seconds += min(measure(run, 1, session.device) for _ in range(reps))
@@ -210,13 +211,13 @@ def main(argv=None):
     print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
     for name, v in img_s.items():
         print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
-    print(f"ceiling: the model's {bound['gflop_per_image']:.3f} GFLOP/image forward at the {bound['layers_gflop_s']:.0f} "
-          f"GFLOP/s its layers reach alone ({session.precision}), x3 for a training step")
+    print(f"ceiling: the model's {bound['gflop_per_image']:.3f} GFLOP/image forward at the "
+          f"{bound['layers_gflop_s']:.0f} GFLOP/s its layers reach alone ({session.precision}), x3 for a training step")
     extra = {}
     if args.app:
         # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
         # its headless twin is the engine's step plus that evaluation, amortised: like for like, not UI work.
-        evaluate = lambda: session.evaluate(config.eval_size)  # noqa: E731
+        evaluate = partial(session.evaluate, config.eval_size)
         measure(evaluate, 1, device)
         eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
         step_ms = 1000 * args.batch / img_s["engine"]
