@@ -147,12 +147,17 @@ def new_session(dataset: str = "shapes", architecture: str | None = None, seed: 
     return Session(config, cifar_config(n) if n else ResNetConfig(), data=data)
 
 
+@functools.cache
+def pretrained() -> checkpoint.HubResNet | None:
+    """The shipped model, read from disk once; sessions copy its weights and never write into it."""
+    return checkpoint.load(PRETRAINED) if (PRETRAINED / "model.safetensors").exists() else None
+
+
 def first_session() -> Session:
     """A new learner starts from the shipped pre-trained model, so Predict means something at once;
     Reset starts from random weights."""
-    if (PRETRAINED / "model.safetensors").exists():
-        return checkpoint.session_from(checkpoint.load(PRETRAINED))
-    return new_session()
+    model = pretrained()
+    return checkpoint.session_from(model) if model is not None else new_session()
 
 
 DEVICE = pick_device()
@@ -713,10 +718,24 @@ def build_demo() -> gr.Blocks:
 
 def launch(demo: gr.Blocks, **kwargs):
     """Launch as a public app should be: bounded uploads, messages instead of tracebacks, only assets served."""
+    # gradio rebuilds a pandas summary of up to 10,000 past events after every event, for a monitoring page this
+    # app does not enable: with a room of learners that is CPU and GIL taken from their requests. Every 1,000th.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     demo.queue(default_concurrency_limit=8)
     return demo.launch(i18n=I18N, max_file_size="10mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs)
 
 
+def warm_up() -> None:
+    """Pay the server's one-time costs before the first learner comes: render the built-in dataset (~3 s), the
+    imports an optimizer makes when first built (~2 s), the first step's and prediction's kernel choices. Left to
+    the first requests, they hold the GIL while a whole room that joined at once waits behind them."""
+    session = first_session()
+    session.step(1)
+    example = next(ASSETS.glob("examples/*.png"), None)
+    view(session, inference.to_tensor(example) if example else None)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    warm_up()
     launch(build_demo())

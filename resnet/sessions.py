@@ -7,7 +7,6 @@ time, so thirty learners pressing Play take turns instead of slowing each other,
 """
 
 import ctypes
-import gc
 import threading
 import time
 from collections.abc import Callable
@@ -35,13 +34,15 @@ class SessionPool:
     def get(self, key: str, make: Callable[[], Session] | None = None) -> Session:
         """This learner's session, created on first use (by `make`, else the pool's own factory)."""
         with self._lock:
-            self._sweep()
+            freed = self._sweep()
             if key not in self._sessions:
                 if len(self._sessions) >= self.max_sessions:
                     raise PoolFull(f"All {self.max_sessions} seats are taken. Please try again in a few minutes.")
                 self._sessions[key] = None  # reserve the seat; build outside the lock (it takes a moment)
             session = self._sessions[key]
             self._used[key] = time.monotonic()
+        if freed:
+            release_memory()  # outside the lock: nobody waits on the trim
         if session is None:
             try:
                 session = (make or self.make)()
@@ -72,14 +73,14 @@ class SessionPool:
         with self._lock:
             return sum(s is not None for s in self._sessions.values())
 
-    def _sweep(self):
+    def _sweep(self) -> bool:
+        """Free the sessions left idle (the caller holds the lock); True if any was."""
         now = time.monotonic()
         idle = [k for k, t in self._used.items() if now - t > self.idle_seconds and not self._busy.get(k)]
         for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
-        if idle:
-            release_memory()
+        return bool(idle)
 
     @contextmanager
     def compute(self, key: str | None = None):
@@ -103,8 +104,9 @@ class SessionPool:
 
 def release_memory() -> None:
     """Hand freed sessions' memory back to the OS: glibc keeps freed heap pages of many threads' arenas otherwise,
-    and a workshop server would look like it leaks."""
-    gc.collect()
+    and a workshop server would look like it leaks. No gc.collect(): a session is freed by reference counting the
+    moment the pool drops it, and a full collection of the server's ~500k objects holds the GIL for ~250 ms,
+    stalling every learner's requests each time one leaves."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
