@@ -1,9 +1,9 @@
 """Training speed, measured in one run on one device: `python -m resnet.bench [--quick]`.
 
 Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam) on the same batches; against it, the
-session's `step()` with telemetry on and off, and the ceiling: the model's convolutions alone, at the device's best
-speed for them. Runs are interleaved round by round and each figure is the median round, because two processes
-(or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
+session's `step()` with telemetry on and off, and the ceiling: the model's convolutions alone, forward and backward,
+at the device's speed for them. Runs are interleaved round by round and each figure is the median round, because
+two processes (or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
 """
 
 import argparse
@@ -53,37 +53,50 @@ def session_loop(config: TrainConfig):
 
 
 def ceiling(session: Session, reps: int = 5) -> dict:
-    """The most img/s this device could train the session's model: its conv and linear layers alone, forward only,
-    each timed in isolation at the session's batch, precision and memory format. Backward costs twice the forward
-    FLOPs (input and weight gradients) at no better speed, and BN, ReLU and the optimizer only add time, so a training
-    step takes at least 3x this forward time. Returns the forward GFLOP per image, the layers' GFLOP/s and the
-    ceiling in img/s."""
+    """The most img/s this device could train the session's model: its conv and linear layers alone, forward and
+    backward (input and weight gradients), each timed in isolation at the session's batch, precision and memory
+    format. BN, ReLU, the loss and the optimizer only add time. Timed, not assumed: on a CPU without AVX-512, the
+    backward convolutions run well below the forward's speed. Returns the forward GFLOP per image, the layers'
+    training GFLOP/s and the ceiling in img/s."""
     import torch.nn.functional as F
 
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, (i[0].shape, o.shape)))
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape))
              for m in session.layers.values()]
     x, _ = session.next_batch()  # (B, 3, 32, 32)
     with torch.no_grad():
         session.model(x)
     for h in hooks:
         h.remove()
-    flops, seconds = 0, 0.0
-    for m, (in_shape, out_shape) in shapes.items():
+    forward_flops, train_flops, seconds = 0, 0, 0.0
+    for i, (m, in_shape) in enumerate(shapes.items()):
         inp = torch.randn(in_shape, device=session.device)
-        if isinstance(m, nn.Conv2d):  # each output element: c_in/groups * kh * kw multiply-adds
+        weight = m.weight.detach().clone().requires_grad_()
+        if isinstance(m, nn.Conv2d):
             inp = inp.contiguous(memory_format=session.memory_format)
-            flops += 2 * out_shape.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            run = partial(F.conv2d, inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+            run = partial(F.conv2d, weight=weight, bias=None, stride=m.stride, padding=m.padding,
+                          dilation=m.dilation, groups=m.groups)
         else:
-            flops += 2 * out_shape.numel() * m.in_features
-            run = partial(F.linear, inp, m.weight, m.bias)
-        with torch.no_grad(), session._autocast():
-            run()
-            seconds += min(measure(run, 1, session.device) for _ in range(reps))
+            run = partial(F.linear, weight=weight, bias=m.bias.detach())
+        inp.requires_grad_(i > 0)  # the images need no gradient; every later layer's input does
+        with session._autocast():
+            out = run(inp)
+        # each output element: c_in/groups * kh * kw (or in_features) multiply-adds
+        flops = 2 * out.numel() * weight[0].numel()
+        forward_flops += flops
+        train_flops += flops * (3 if i > 0 else 2)  # + weight gradient, + input gradient
+        grad = torch.randn_like(out)
+
+        def step(run=run, inp=inp, grad=grad):
+            with session._autocast():
+                out = run(inp)
+            out.backward(grad)
+
+        step()
+        seconds += min(measure(step, 1, session.device) for _ in range(reps))
     batch = x.shape[0]
-    return {"gflop_per_image": flops / batch / 1e9, "layers_gflop_s": flops / seconds / 1e9,
-            "ceiling_img_s": batch / (3 * seconds)}
+    return {"gflop_per_image": forward_flops / batch / 1e9, "layers_gflop_s": train_flops / seconds / 1e9,
+            "ceiling_img_s": batch / seconds}
 
 
 def measure(step, steps: int, device) -> float:
@@ -211,8 +224,8 @@ def main(argv=None):
     print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
     for name, v in img_s.items():
         print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
-    print(f"ceiling: the model's {bound['gflop_per_image']:.3f} GFLOP/image forward at the "
-          f"{bound['layers_gflop_s']:.0f} GFLOP/s its layers reach alone ({session.precision}), x3 for a training step")
+    print(f"ceiling: the model's conv and linear layers alone, forward and backward ({bound['gflop_per_image']:.3f} "
+          f"GFLOP/image forward), at the {bound['layers_gflop_s']:.0f} GFLOP/s they reach here ({session.precision})")
     extra = {}
     if args.app:
         # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
