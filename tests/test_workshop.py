@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -140,3 +141,15 @@ def test_four_learners_at_once_see_only_their_own_work(app_url):
     assert result["cross_talk"] == 0
     assert result["steps"] > 0 and result["predictions"] > 0
     assert math.isfinite(result["p95_step_ms"])
+
+
+def test_learners_start_from_one_read_of_the_shipped_model_but_never_share_its_weights():
+    a, b = app.first_session(), app.first_session()
+    shipped = app.pretrained()
+    assert app.pretrained() is shipped  # read from disk once
+    before = {k: v.clone() for k, v in shipped.state_dict().items()}
+    a.step(2)
+    a_weights, b_weights = a.model.state_dict(), b.model.state_dict()
+    assert not torch.equal(a_weights["stem.conv.weight"], b_weights["stem.conv.weight"])  # a trained, b did not
+    assert all(torch.equal(b_weights[k], before[k]) for k in before)  # b still starts where the shipped model is
+    assert all(torch.equal(shipped.state_dict()[k], before[k]) for k in before)  # and the shipped copy is untouched
