@@ -33,50 +33,116 @@ IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an unto
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
 CHUNK_SECONDS = 0.35  # Play's work between chart updates: short enough for > 2 updates/s and a prompt Pause
 ARCHITECTURES = {  # name -> blocks per stage of the paper's CIFAR nets (6n+2 layers); None: the notebook's net
-    "notebook (0.6M parameters)": None, "ResNet-20": 3, "ResNet-32": 5, "ResNet-56": 9}
+    "notebook (0.6M parameters)": None,
+    "ResNet-20": 3,
+    "ResNet-32": 5,
+    "ResNet-56": 9,
+}
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
 
 I18N = gr.I18n(
-    en={"title": "# ResNet Playground\nTrain a residual network, switch its shortcuts off and on while it learns, "
-                 "and watch the gradients. Draw a shape to see what it thinks.",
-        "train": "Training", "dataset": "Dataset", "architecture": "Network", "seed": "Seed", "reset": "Reset",
-        "optimizer": "Optimizer", "lr": "Learning rate", "batch": "Batch size", "step": "Step",
-        "step_n": "Step ×N", "n": "N", "play": "▶ Play", "pause": "❚❚ Pause", "shortcuts": "Shortcuts",
-        "all_shortcuts": "All shortcuts on", "block_shortcuts": "Shortcut of each block",
-        "predict": "Predict", "draw": "Draw a shape", "upload": "Upload, paste or webcam",
-        "clear": "Clear drawing", "prediction": "What the network sees", "features": "What each block sees",
-        "teach": "Teach it your image", "label": "This image is a…", "teach_step": "Take one step on it (alone)",
-        "mix": "Mix it into the next 20 batches", "compare": "Gradients: shortcut on vs off", "layer": "Layer",
-        "learn": "Learn", "status": "Status", "examples": "Examples", "data_model": "Your data, your model",
-        "zip": "A .zip of class folders (cat/…, dog/…)", "use_zip": "Train on my zip", "download": "Download model",
-        "model_file": "Model file (.zip)", "repo": "Hugging Face repo id", "load": "Load model (file or repo)",
-        "token": "Hub write token (used once, never stored)", "push": "Push model to my Hub repo",
-        "twins": "Residual vs plain", "lesion": "Lesions: bypass one block at a time (held-out accuracy)",
+    en={
+        "title": "# ResNet Playground\nTrain a residual network, switch its shortcuts off and on while it learns, "
+        "and watch the gradients. Draw a shape to see what it thinks.",
+        "train": "Training",
+        "dataset": "Dataset",
+        "architecture": "Network",
+        "seed": "Seed",
+        "reset": "Reset",
+        "optimizer": "Optimizer",
+        "lr": "Learning rate",
+        "batch": "Batch size",
+        "step": "Step",
+        "step_n": "Step ×N",
+        "n": "N",
+        "play": "▶ Play",
+        "pause": "❚❚ Pause",
+        "shortcuts": "Shortcuts",
+        "all_shortcuts": "All shortcuts on",
+        "block_shortcuts": "Shortcut of each block",
+        "predict": "Predict",
+        "draw": "Draw a shape",
+        "upload": "Upload, paste or webcam",
+        "clear": "Clear drawing",
+        "prediction": "What the network sees",
+        "features": "What each block sees",
+        "teach": "Teach it your image",
+        "label": "This image is a…",
+        "teach_step": "Take one step on it (alone)",
+        "mix": "Mix it into the next 20 batches",
+        "compare": "Gradients: shortcut on vs off",
+        "layer": "Layer",
+        "learn": "Learn",
+        "status": "Status",
+        "examples": "Examples",
+        "data_model": "Your data, your model",
+        "zip": "A .zip of class folders (cat/…, dog/…)",
+        "use_zip": "Train on my zip",
+        "download": "Download model",
+        "model_file": "Model file (.zip)",
+        "repo": "Hugging Face repo id",
+        "load": "Load model (file or repo)",
+        "token": "Hub write token (used once, never stored)",
+        "push": "Push model to my Hub repo",
+        "twins": "Residual vs plain",
+        "lesion": "Lesions: bypass one block at a time (held-out accuracy)",
         "twins_intro": "Two networks start from **the same weights** and train on **the same batches**: one with "
-                       "shortcuts, one without (its *plain twin*). Go deeper (ResNet-56) and the plain twin stops "
-                       "learning: He et al.'s degradation problem. Below: each layer's gradient norm against its "
-                       "depth, and how much gradient reaches each block's input through its shortcut vs its "
-                       "residual branch."},
-    zh={"title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
-                 "画一个图形，看看它怎么认。",
-        "train": "训练", "dataset": "数据集", "architecture": "网络", "seed": "随机种子", "reset": "重置",
-        "optimizer": "优化器", "lr": "学习率", "batch": "批大小", "step": "单步",
-        "step_n": "走 N 步", "n": "N", "play": "▶ 播放", "pause": "❚❚ 暂停", "shortcuts": "残差连接",
-        "all_shortcuts": "全部残差连接开启", "block_shortcuts": "每个残差块的连接",
-        "predict": "预测", "draw": "画一个图形", "upload": "上传、粘贴或摄像头",
-        "clear": "清空画板", "prediction": "网络的判断", "features": "每个残差块看到的特征图",
-        "teach": "用你的图片教它", "label": "这张图是…", "teach_step": "用它单独训练一步",
-        "mix": "混入接下来的 20 个批次", "compare": "梯度：连接开 vs 关", "layer": "层",
-        "learn": "学习", "status": "状态", "examples": "示例", "data_model": "你的数据，你的模型",
-        "zip": "按类别分文件夹的 .zip（cat/…, dog/…）", "use_zip": "用我的 zip 训练", "download": "下载模型",
-        "model_file": "模型文件（.zip）", "repo": "Hugging Face 仓库 ID", "load": "加载模型（文件或仓库）",
-        "token": "Hub 写入令牌（只用一次，不保存）", "push": "推送模型到我的 Hub 仓库",
-        "twins": "残差 vs 普通", "lesion": "损伤实验：每次绕过一个残差块（留出集准确率）",
+        "shortcuts, one without (its *plain twin*). Go deeper (ResNet-56) and the plain twin stops "
+        "learning: He et al.'s degradation problem. Below: each layer's gradient norm against its "
+        "depth, and how much gradient reaches each block's input through its shortcut vs its "
+        "residual branch.",
+    },
+    zh={
+        "title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
+        "画一个图形，看看它怎么认。",
+        "train": "训练",
+        "dataset": "数据集",
+        "architecture": "网络",
+        "seed": "随机种子",
+        "reset": "重置",
+        "optimizer": "优化器",
+        "lr": "学习率",
+        "batch": "批大小",
+        "step": "单步",
+        "step_n": "走 N 步",
+        "n": "N",
+        "play": "▶ 播放",
+        "pause": "❚❚ 暂停",
+        "shortcuts": "残差连接",
+        "all_shortcuts": "全部残差连接开启",
+        "block_shortcuts": "每个残差块的连接",
+        "predict": "预测",
+        "draw": "画一个图形",
+        "upload": "上传、粘贴或摄像头",
+        "clear": "清空画板",
+        "prediction": "网络的判断",
+        "features": "每个残差块看到的特征图",
+        "teach": "用你的图片教它",
+        "label": "这张图是…",
+        "teach_step": "用它单独训练一步",
+        "mix": "混入接下来的 20 个批次",
+        "compare": "梯度：连接开 vs 关",
+        "layer": "层",
+        "learn": "学习",
+        "status": "状态",
+        "examples": "示例",
+        "data_model": "你的数据，你的模型",
+        "zip": "按类别分文件夹的 .zip（cat/…, dog/…）",
+        "use_zip": "用我的 zip 训练",
+        "download": "下载模型",
+        "model_file": "模型文件（.zip）",
+        "repo": "Hugging Face 仓库 ID",
+        "load": "加载模型（文件或仓库）",
+        "token": "Hub 写入令牌（只用一次，不保存）",
+        "push": "推送模型到我的 Hub 仓库",
+        "twins": "残差 vs 普通",
+        "lesion": "损伤实验：每次绕过一个残差块（留出集准确率）",
         "twins_intro": "两个网络从**相同的权重**出发，在**相同的批次**上训练：一个有残差连接，"
-                       "一个没有（它的*普通孪生*）。网络越深（ResNet-56），普通网络越学不动：这就是 He 等人所说的"
-                       "退化问题。下方：每一层的梯度范数随深度的变化，以及到达每个块输入的梯度中，"
-                       "经由残差连接与经由残差分支各有多少。"},
+        "一个没有（它的*普通孪生*）。网络越深（ResNet-56），普通网络越学不动：这就是 He 等人所说的"
+        "退化问题。下方：每一层的梯度范数随深度的变化，以及到达每个块输入的梯度中，"
+        "经由残差连接与经由残差分支各有多少。",
+    },
 )
 
 LEARN_EN = """
@@ -135,13 +201,17 @@ watch('value', render);
 
 
 def live_chart(elem_id: str) -> gr.HTML:
-    return gr.HTML(value=None, html_template='<div class="live-chart" style="width:100%;height:300px"></div>',
-                   js_on_load=CHART_JS, head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
-                   elem_id=elem_id, padding=False)
+    return gr.HTML(
+        value=None,
+        html_template='<div class="live-chart" style="width:100%;height:300px"></div>',
+        js_on_load=CHART_JS,
+        head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
+        elem_id=elem_id,
+        padding=False,
+    )
 
 
-def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, data=None,
-                **train) -> Session:
+def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, data=None, **train) -> Session:
     n = ARCHITECTURES.get(architecture)
     config = TrainConfig(dataset=dataset, seed=seed, **train)
     return Session(config, cifar_config(n) if n else ResNetConfig(), data=data)
@@ -180,12 +250,14 @@ def user_errors(fn):
         return gr.Error("Something went wrong on the server; your session is intact, please try again.")
 
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 -- see explain()
                 raise explain(e) from None
+
         return gen
 
     @functools.wraps(fn)
@@ -194,14 +266,17 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise explain(e) from None
+
     return plain
 
 
 # --- what the handlers show -------------------------------------------------------------------------------------
 def status_text(session: Session, report: dict | None = None) -> str:
     s, h = session.summary(), session.history
-    lines = [f"**Step {s['step']}** · {s['device']} ({s['precision']}) · {s['depth']} layers, "
-             f"{s['parameters']:,} parameters · shortcuts on: {sum(s['shortcuts'])}/{len(s['shortcuts'])}"]
+    lines = [
+        f"**Step {s['step']}** · {s['device']} ({s['precision']}) · {s['depth']} layers, "
+        f"{s['parameters']:,} parameters · shortcuts on: {sum(s['shortcuts'])}/{len(s['shortcuts'])}"
+    ]
     if h.steps:
         last = h.steps[-1]
         lines.append(f"training loss {last['loss']:.3f}, batch accuracy {last['acc']:.0%}")
@@ -242,19 +317,33 @@ def on_load(last_x, request: gr.Request):
     session = POOL.get(request.session_hash)
     blocks = block_choices(session)
     on = [b for b, s in zip(blocks, session.shortcuts) if s]
-    return [*view(session, last_x), gr.update(choices=blocks, value=on), all(session.shortcuts),
-            gr.update(choices=list(session.data.classes)),
-            gr.update(choices=list(session.layers), value="block1.conv1")]
+    return [
+        *view(session, last_x),
+        gr.update(choices=blocks, value=on),
+        all(session.shortcuts),
+        gr.update(choices=list(session.data.classes)),
+        gr.update(choices=list(session.layers), value="block1.conv1"),
+    ]
 
 
 @user_errors
-def reset(dataset, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request,
-          progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- shows a Hub download's progress
+def reset(
+    dataset,
+    architecture,
+    seed,
+    optimizer,
+    lr,
+    batch,
+    last_x,
+    request: gr.Request,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 -- shows a Hub download's progress
+):
     session = POOL.get(request.session_hash)
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
     batch = min(int(batch), len(own.train_y)) if own else int(batch)  # a small zip may hold fewer images
-    fresh = new_session(dataset, architecture, int(seed or 0), data=own, optimizer=optimizer, lr=float(lr),
-                        batch_size=batch)
+    fresh = new_session(
+        dataset, architecture, int(seed or 0), data=own, optimizer=optimizer, lr=float(lr), batch_size=batch
+    )
     return switch_to(fresh, session, last_x, request)
 
 
@@ -276,8 +365,15 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
         raise gr.Error("Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).")
     data = hub.load_zip(path)
     session = POOL.get(request.session_hash)
-    fresh = new_session(data.name, architecture, int(seed or 0), data=data, optimizer=optimizer, lr=float(lr),
-                        batch_size=min(int(batch), len(data.train_y)))
+    fresh = new_session(
+        data.name,
+        architecture,
+        int(seed or 0),
+        data=data,
+        optimizer=optimizer,
+        lr=float(lr),
+        batch_size=min(int(batch), len(data.train_y)),
+    )
     gr.Info(f"{len(data.train_y)} training and {len(data.test_y)} held-out images in {len(data.classes)} classes.")
     return switch_to(fresh, session, last_x, request)
 
@@ -286,8 +382,9 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
 def download_model(request: gr.Request):
     session = POOL.get(request.session_hash)
     with session.lock:
-        directory = checkpoint.save(session.model, Path(tempfile.mkdtemp()) / "resnet-playground",
-                                    session.data.classes, session.config.dataset)
+        directory = checkpoint.save(
+            session.model, Path(tempfile.mkdtemp()) / "resnet-playground", session.data.classes, session.config.dataset
+        )
     return str(checkpoint.pack(directory))
 
 
@@ -315,8 +412,9 @@ def push_model(repo_id, token, request: gr.Request):
     try:
         url = model.push_to_hub(repo_id.strip(), token=token.strip())
     except Exception as e:  # noqa: BLE001 -- a network or permission error: say which, never echo the token
-        raise gr.Error(f"Push failed: {type(e).__name__}. Check the repo id, the token's write access, and the "
-                       "network.") from None
+        raise gr.Error(
+            f"Push failed: {type(e).__name__}. Check the repo id, the token's write access, and the network."
+        ) from None
     return f"Pushed to {url}", ""  # and clear the token box
 
 
@@ -469,8 +567,10 @@ def teach_step(last_x, label, layer, request: gr.Request):
         record = session.teach(x, y)
     if "rejected" in record:
         raise gr.Error(record["rejected"])
-    text = (f"Step {record['step']} on your image alone, labelled **{label}**: loss {record['loss']:.4f} "
-            f"(the notebook's one step on its one input, class 3, gave 2.2598).")
+    text = (
+        f"Step {record['step']} on your image alone, labelled **{label}**: loss {record['loss']:.4f} "
+        f"(the notebook's one step on its one input, class 3, gave 2.2598)."
+    )
     figure = charts.gradient_tensor_figure([record["grads"]], layer, titles=("the gradients of this step",))
     bars = charts.grad_norm_bars_figure({"this step": record["grad_norm"]})
     return [*view(session, last_x), text, go.Figure(figure), go.Figure(bars)]
@@ -516,16 +616,23 @@ def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
 
 def twin_view(twins: TwinSession, report: dict | None = None) -> list:
     h, revision = twins.histories, id(twins.residual.model)
-    lines = [f"**Step {twins.step_count}** · {twins.residual.model_config.depth} layers, residual vs plain, "
-             "same initial weights, same batches"]
+    lines = [
+        f"**Step {twins.step_count}** · {twins.residual.model_config.depth} layers, residual vs plain, "
+        "same initial weights, same batches"
+    ]
     for name, hist in h.items():
         if hist.steps:
             held = f", held-out accuracy {hist.evals[-1]['acc']:.1%}" if hist.evals else ""
             lines.append(f"{name}: training loss {hist.steps[-1]['loss']:.3f}{held}")
     for name, r in (report or {}).items():
         lines += [f"⚠️ {name}: {m}" for m in r["messages"][-2:]]
-    return [charts.loss_figure(h, revision), charts.accuracy_figure(h, revision),
-            charts.depth_figure(h, revision), charts.routes_figure(twins.routes, revision), "  \n".join(lines)]
+    return [
+        charts.loss_figure(h, revision),
+        charts.accuracy_figure(h, revision),
+        charts.depth_figure(h, revision),
+        charts.routes_figure(twins.routes, revision),
+        "  \n".join(lines),
+    ]
 
 
 @user_errors
@@ -579,8 +686,9 @@ def build_demo() -> gr.Blocks:
                         play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
                         pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
                     with gr.Row(equal_height=True):
-                        n_steps = gr.Number(50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1,
-                                            min_width=70)
+                        n_steps = gr.Number(
+                            50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1, min_width=70
+                        )
                         step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
                 status = gr.Markdown(elem_id="status")
                 all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
@@ -590,8 +698,9 @@ def build_demo() -> gr.Blocks:
                     lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
                     batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
                     dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
-                    architecture = gr.Dropdown(list(ARCHITECTURES), value=list(ARCHITECTURES)[0],
-                                               label=I18N("architecture"))
+                    architecture = gr.Dropdown(
+                        list(ARCHITECTURES), value=list(ARCHITECTURES)[0], label=I18N("architecture")
+                    )
                     seed = gr.Number(0, label=I18N("seed"), precision=0)
                     reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
             with gr.Column(scale=3):
@@ -607,23 +716,39 @@ def build_demo() -> gr.Blocks:
                             with gr.Tab(I18N("draw")):
                                 # RGBA: an API caller's layers keep their transparency (RGB would turn it black)
                                 sketch = gr.Sketchpad(
-                                    value=blank_sketch(), canvas_size=(SKETCH_SIZE, SKETCH_SIZE), fixed_canvas=True,
-                                    height=SKETCH_SIZE + 62, image_mode="RGBA", type="numpy", layers=False,
-                                    transforms=(), sources=(), elem_id="sketch", label=I18N("draw"),
+                                    value=blank_sketch(),
+                                    canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
+                                    fixed_canvas=True,
+                                    height=SKETCH_SIZE + 62,
+                                    image_mode="RGBA",
+                                    type="numpy",
+                                    layers=False,
+                                    transforms=(),
+                                    sources=(),
+                                    elem_id="sketch",
+                                    label=I18N("draw"),
                                     brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"),
-                                    eraser=gr.Eraser(default_size=14))
+                                    eraser=gr.Eraser(default_size=14),
+                                )
                                 clear_btn = gr.Button(I18N("clear"), size="sm")
                             with gr.Tab(I18N("upload")):
-                                image = judged_by_us(gr.Image(
-                                    type="filepath", sources=("upload", "clipboard", "webcam"), label=I18N("upload"),
-                                    elem_id="upload", height=300))
+                                image = judged_by_us(
+                                    gr.Image(
+                                        type="filepath",
+                                        sources=("upload", "clipboard", "webcam"),
+                                        label=I18N("upload"),
+                                        elem_id="upload",
+                                        height=300,
+                                    )
+                                )
                                 if examples:
                                     gr.Examples(examples, inputs=image, label=I18N("examples"))
                     with gr.Column():
                         label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
                         # png: the grids are small greyscale images, which png encodes 3x faster than the default webp
-                        features = gr.Gallery(label=I18N("features"), columns=4, height=220, object_fit="contain",
-                                              format="png")
+                        features = gr.Gallery(
+                            label=I18N("features"), columns=4, height=220, object_fit="contain", format="png"
+                        )
             with gr.Tab(I18N("teach"), id="teach"):
                 with gr.Row():
                     true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
@@ -652,8 +777,9 @@ def build_demo() -> gr.Blocks:
             with gr.Tab(I18N("twins"), id="twins"):
                 gr.Markdown(I18N("twins_intro"))
                 with gr.Row():
-                    twin_arch = gr.Dropdown(list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"),
-                                            min_width=160)
+                    twin_arch = gr.Dropdown(
+                        list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"), min_width=160
+                    )
                     twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
                     twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
                     twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
@@ -679,16 +805,27 @@ def build_demo() -> gr.Blocks:
         switch_out = [*setup_out, last_x, dataset]
         train = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # real limit: POOL.compute()
         demo.load(on_load, last_x, setup_out, api_name="load")
-        reset_btn.click(reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], switch_out,
-                        api_name="reset", **train)
-        zip_btn.click(use_zip, [zip_file, architecture, seed, optimizer, lr, batch, last_x], switch_out,
-                      api_name="use_zip", **train)
+        reset_btn.click(
+            reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], switch_out, api_name="reset", **train
+        )
+        zip_btn.click(
+            use_zip,
+            [zip_file, architecture, seed, optimizer, lr, batch, last_x],
+            switch_out,
+            api_name="use_zip",
+            **train,
+        )
         download_btn.click(download_model, None, model_file, api_name="download_model")
         load_btn.click(load_model, [model_file, repo, last_x], switch_out, api_name="load_model", **train)
         push_btn.click(push_model, [repo, token], [push_text, token], api_name="push_model")
         # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
-        gr.on([optimizer.change, lr.submit, lr.blur, batch.submit, batch.blur], configure, [optimizer, lr, batch],
-              [optimizer, lr, batch], api_name="configure")
+        gr.on(
+            [optimizer.change, lr.submit, lr.blur, batch.submit, batch.blur],
+            configure,
+            [optimizer, lr, batch],
+            [optimizer, lr, batch],
+            api_name="configure",
+        )
         step_btn.click(step, last_x, train_out, api_name="step", **train)
         step_n_btn.click(step_n, [n_steps, last_x], train_out, api_name="step_n", **train)
         playing = play_btn.click(play, last_x, train_out, api_name="play", **train)
@@ -696,20 +833,23 @@ def build_demo() -> gr.Blocks:
         all_on.input(set_all_shortcuts, [all_on, last_x], [*train_out, blocks_on], api_name="all_shortcuts")
         blocks_on.input(set_block_shortcuts, [blocks_on, last_x], [*train_out, all_on], api_name="block_shortcuts")
         predict_out = [last_x, label, features]
-        sketch.input(predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4,
-                     concurrency_id="predict")
+        sketch.input(
+            predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict"
+        )
         image.change(predict, image, predict_out, api_name="predict_image", concurrency_id="predict")
         clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
         teach_out = [*train_out, teach_text, grad_tensor, grad_norms]
         teach_btn.click(teach_step, [last_x, true_label, layer], teach_out, api_name="teach", **train)
         mix_btn.click(mix, [last_x, true_label], teach_text, api_name="mix")
-        compare_btn.click(compare, [last_x, true_label, layer], [teach_text, grad_tensor, grad_norms],
-                          api_name="compare", **train)
+        compare_btn.click(
+            compare, [last_x, true_label, layer], [teach_text, grad_tensor, grad_norms], api_name="compare", **train
+        )
         twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
         twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **train)
         twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **train)
-        twin_playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play",
-                                           **train)
+        twin_playing = twin_play_btn.click(
+            twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play", **train
+        )
         twin_pause_btn.click(twin_pause, None, twin_out, cancels=[twin_playing], api_name="twin_pause")
         lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **train)
         demo.unload(close)

@@ -30,8 +30,9 @@ def main():
     OUT.mkdir(exist_ok=True)
     rng = random.Random(0)
     shapes = {
-        "circle": [(140 + 95 * math.cos(t / 30 * 2 * math.pi), 140 + 85 * math.sin(t / 30 * 2 * math.pi))
-                   for t in range(31)],
+        "circle": [
+            (140 + 95 * math.cos(t / 30 * 2 * math.pi), 140 + 85 * math.sin(t / 30 * 2 * math.pi)) for t in range(31)
+        ],
         "triangle": polygon(3, 105),
         "star": polygon(5, 110, inner=45),
         "square": polygon(4, 115, turn=math.pi / 4),

@@ -8,5 +8,14 @@ from .data import DATASETS, Dataset, load_dataset
 from .engine import Session, TrainConfig
 from .model import ResNet, ResNetConfig, cifar_config, notebook_config
 
-__all__ = ["DATASETS", "Dataset", "ResNet", "ResNetConfig", "Session", "TrainConfig", "cifar_config", "load_dataset",
-           "notebook_config"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "ResNet",
+    "ResNetConfig",
+    "Session",
+    "TrainConfig",
+    "cifar_config",
+    "load_dataset",
+    "notebook_config",
+]

@@ -1,7 +1,7 @@
 """Command line: train headless, or predict an image with a saved checkpoint.
 
-    python -m resnet train --dataset shapes --steps 300 [--shortcut on|off] [--save DIR]
-    python -m resnet predict DIR IMAGE
+python -m resnet train --dataset shapes --steps 300 [--shortcut on|off] [--save DIR]
+python -m resnet predict DIR IMAGE
 """
 
 import argparse
@@ -15,8 +15,16 @@ def train(args) -> dict:
     from .engine import Session, TrainConfig
     from .model import ResNetConfig, cifar_config
 
-    config = TrainConfig(dataset=args.dataset, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch,
-                         seed=args.seed, device=args.device, precision=args.precision, eval_every=0)
+    config = TrainConfig(
+        dataset=args.dataset,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        eval_every=0,
+    )
     model_config = cifar_config(args.depth_n) if args.depth_n else ResNetConfig()
     t0 = time.perf_counter()
     session = Session(config, model_config)
@@ -33,8 +41,10 @@ def train(args) -> dict:
                 sys.exit("every step was rejected: lower the learning rate")
     held_out = session.evaluate()
     seconds = time.perf_counter() - t0
-    print(f"held-out accuracy {held_out['acc']:.4f} (loss {held_out['loss']:.4f}) on {len(session.data.test_y)} "
-          f"images after {session.step_count} steps, shortcut {args.shortcut}, {seconds:.0f} s on {session.device}")
+    print(
+        f"held-out accuracy {held_out['acc']:.4f} (loss {held_out['loss']:.4f}) on {len(session.data.test_y)} "
+        f"images after {session.step_count} steps, shortcut {args.shortcut}, {seconds:.0f} s on {session.device}"
+    )
     if args.save:
         from .checkpoint import save
 
@@ -58,8 +68,9 @@ def main(argv=None):
     t.add_argument("--dataset", default="shapes")
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--shortcut", choices=["on", "off"], default="on", help="all blocks' shortcuts")
-    t.add_argument("--depth-n", type=int, default=0,
-                   help="n>0: the paper's 6n+2-layer CIFAR net instead of the notebook's")
+    t.add_argument(
+        "--depth-n", type=int, default=0, help="n>0: the paper's 6n+2-layer CIFAR net instead of the notebook's"
+    )
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     t.add_argument("--batch", type=int, default=64)

@@ -61,8 +61,9 @@ def ceiling(session: Session, reps: int = 5) -> dict:
     import torch.nn.functional as F
 
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape))
-             for m in session.layers.values()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape)) for m in session.layers.values()
+    ]
     x, _ = session.next_batch()  # (B, 3, 32, 32)
     with torch.no_grad():
         session.model(x)
@@ -74,8 +75,15 @@ def ceiling(session: Session, reps: int = 5) -> dict:
         weight = m.weight.detach().clone().requires_grad_()
         if isinstance(m, nn.Conv2d):
             inp = inp.contiguous(memory_format=session.memory_format)
-            run = partial(F.conv2d, weight=weight, bias=None, stride=m.stride, padding=m.padding,
-                          dilation=m.dilation, groups=m.groups)
+            run = partial(
+                F.conv2d,
+                weight=weight,
+                bias=None,
+                stride=m.stride,
+                padding=m.padding,
+                dilation=m.dilation,
+                groups=m.groups,
+            )
         else:
             run = partial(F.linear, weight=weight, bias=m.bias.detach())
         inp.requires_grad_(i > 0)  # the images need no gradient; every later layer's input does
@@ -96,8 +104,11 @@ def ceiling(session: Session, reps: int = 5) -> dict:
         step()
         seconds += min(measure(step, 1, session.device) for _ in range(reps))
     batch = x.shape[0]
-    return {"gflop_per_image": forward_flops / batch / 1e9, "layers_gflop_s": train_flops / seconds / 1e9,
-            "ceiling_img_s": batch / seconds}
+    return {
+        "gflop_per_image": forward_flops / batch / 1e9,
+        "layers_gflop_s": train_flops / seconds / 1e9,
+        "ceiling_img_s": batch / seconds,
+    }
 
 
 def measure(step, steps: int, device) -> float:
@@ -122,10 +133,15 @@ def gpu_agreement(device, batch: int = 64) -> dict:
     record = session.train_step(x, y)
     loss = F.cross_entropy(reference(x.cpu().double()), y.cpu())
     loss.backward()
-    grad_diff = max(abs(record["grad_norm"][n] - m.weight.grad.norm().item()) / m.weight.grad.norm().item()
-                    for n, m in reference.weighted_layers().items())
-    return {"loss_rel_diff": abs(record["loss"] - loss.item()) / loss.item(), "grad_norm_rel_diff": grad_diff,
-            "precision": session.precision}
+    grad_diff = max(
+        abs(record["grad_norm"][n] - m.weight.grad.norm().item()) / m.weight.grad.norm().item()
+        for n, m in reference.weighted_layers().items()
+    )
+    return {
+        "loss_rel_diff": abs(record["loss"] - loss.item()) / loss.item(),
+        "grad_norm_rel_diff": grad_diff,
+        "precision": session.precision,
+    }
 
 
 def gpu_check(args) -> dict:
@@ -163,14 +179,25 @@ def gpu_check(args) -> dict:
     print(f"{'loop':<32}{'img/s':>12}{'x notebook':>12}{'warm-up s':>11}")
     for key, v in img_s.items():
         print(f"{key:<32}{v:>12.0f}{v / img_s['notebook']:>12.2f}{warm[key]:>11}")
-    print(f"{'ceiling (convolutions alone)':<32}{bound['ceiling_img_s']:>12.0f}"
-          f"{bound['ceiling_img_s'] / img_s['notebook']:>12.2f}")
+    print(
+        f"{'ceiling (convolutions alone)':<32}{bound['ceiling_img_s']:>12.0f}"
+        f"{bound['ceiling_img_s'] / img_s['notebook']:>12.2f}"
+    )
     agreement = gpu_agreement(device)
-    print(f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
-          f"largest grad-norm rel diff {agreement['grad_norm_rel_diff']:.2e}")
-    return {"device": name, "batch": batch, **{f"{k}_img_s": round(v) for k, v in img_s.items()},
-            "ceiling_img_s": round(bound["ceiling_img_s"]), "layers_tflop_s": round(bound["layers_gflop_s"] / 1e3, 1),
-            "warmup_s": warm, "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1), **agreement}
+    print(
+        f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
+        f"largest grad-norm rel diff {agreement['grad_norm_rel_diff']:.2e}"
+    )
+    return {
+        "device": name,
+        "batch": batch,
+        **{f"{k}_img_s": round(v) for k, v in img_s.items()},
+        "ceiling_img_s": round(bound["ceiling_img_s"]),
+        "layers_tflop_s": round(bound["layers_gflop_s"] / 1e3, 1),
+        "warmup_s": warm,
+        "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1),
+        **agreement,
+    }
 
 
 def app_speed(seconds: float) -> dict:
@@ -180,8 +207,12 @@ def app_speed(seconds: float) -> dict:
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "tests" / "load_test.py"
-    out = subprocess.run([sys.executable, str(script), "--app-speed", "--seconds", str(seconds)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script), "--app-speed", "--seconds", str(seconds)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -219,14 +250,18 @@ def main(argv=None):
     bound = ceiling(session)
     img_s["ceiling"] = bound["ceiling_img_s"]
 
-    print(f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, session precision {session.precision}, batch {args.batch}, "
-          f"{rounds} rounds x {steps} steps")
+    print(
+        f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, session precision {session.precision}, batch {args.batch}, "
+        f"{rounds} rounds x {steps} steps"
+    )
     print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
     for name, v in img_s.items():
         print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
-    print(f"ceiling: the model's conv and linear layers alone, forward and backward ({bound['gflop_per_image']:.3f} "
-          f"GFLOP/image forward), at the {bound['layers_gflop_s']:.0f} GFLOP/s they reach here ({session.precision})")
+    print(
+        f"ceiling: the model's conv and linear layers alone, forward and backward ({bound['gflop_per_image']:.3f} "
+        f"GFLOP/image forward), at the {bound['layers_gflop_s']:.0f} GFLOP/s they reach here ({session.precision})"
+    )
     extra = {}
     if args.app:
         # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
@@ -240,19 +275,29 @@ def main(argv=None):
         extra["headless_with_eval_img_s"] = round(headless, 1)
         extra["app_ratio"] = round(extra["app_img_s"] / headless, 3)
         extra["app_ratio_training_only"] = round(extra["app_img_s"] / img_s["engine"], 3)
-        print(f"headless with the app's held-out evaluation ({config.eval_size} images every {TrainConfig.eval_every} "
-              f"steps, {eval_s * 1000:.0f} ms each): {headless:.1f} img/s")
-        print(f"through the app: {extra['app_img_s']} img/s ({extra['app_ratio']:.2f} x headless with evaluation, "
-              f"{extra['app_ratio_training_only']:.2f} x training alone), {extra['updates_per_s']} chart updates/s; "
-              f"Step round trip {extra['step_roundtrip_ms']} ms for a {step_ms:.0f} ms step")
+        print(
+            f"headless with the app's held-out evaluation ({config.eval_size} images every {TrainConfig.eval_every} "
+            f"steps, {eval_s * 1000:.0f} ms each): {headless:.1f} img/s"
+        )
+        print(
+            f"through the app: {extra['app_img_s']} img/s ({extra['app_ratio']:.2f} x headless with evaluation, "
+            f"{extra['app_ratio_training_only']:.2f} x training alone), {extra['updates_per_s']} chart updates/s; "
+            f"Step round trip {extra['step_roundtrip_ms']} ms for a {step_ms:.0f} ms step"
+        )
     result = {
-        "device": str(device), "precision": session.precision, "batch": args.batch, **extra,
-        "notebook_img_s": round(img_s["notebook"], 1), "engine_img_s": round(img_s["engine"], 1),
+        "device": str(device),
+        "precision": session.precision,
+        "batch": args.batch,
+        **extra,
+        "notebook_img_s": round(img_s["notebook"], 1),
+        "engine_img_s": round(img_s["engine"], 1),
         "engine_no_telemetry_img_s": round(img_s["engine_no_telemetry"], 1),
         "ratio": round(img_s["engine"] / img_s["notebook"], 3),
         "telemetry_overhead": round(1 - img_s["engine"] / img_s["engine_no_telemetry"], 4),
-        "ceiling_img_s": round(img_s["ceiling"], 1), "ceiling_ratio": round(img_s["ceiling"] / img_s["notebook"], 3),
-        "gflop_per_image": round(bound["gflop_per_image"], 3), "layers_gflop_s": round(bound["layers_gflop_s"], 1),
+        "ceiling_img_s": round(img_s["ceiling"], 1),
+        "ceiling_ratio": round(img_s["ceiling"] / img_s["notebook"], 3),
+        "gflop_per_image": round(bound["gflop_per_image"], 3),
+        "layers_gflop_s": round(bound["layers_gflop_s"], 1),
     }
     print(json.dumps(result))
     return result

@@ -9,8 +9,14 @@ import math
 
 from plotly.colors import sample_colorscale
 
-EVENT_COLOURS = {"shortcut": "#d62728", "lr": "#7f7f7f", "optimizer": "#7f7f7f", "batch": "#7f7f7f",
-                 "rejected": "#ff7f0e", "teach": "#2ca02c"}
+EVENT_COLOURS = {
+    "shortcut": "#d62728",
+    "lr": "#7f7f7f",
+    "optimizer": "#7f7f7f",
+    "batch": "#7f7f7f",
+    "rejected": "#ff7f0e",
+    "teach": "#2ca02c",
+}
 TWIN_DASH = {"residual": "solid", "plain": "dot"}
 TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
@@ -30,18 +36,45 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
     shapes, annotations = [], []
     for e in events[-30:]:  # the newest few, so a long run's markers don't bury the lines
         colour = EVENT_COLOURS.get(e["kind"], "#7f7f7f")
-        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": e["step"], "x1": e["step"], "y0": 0,
-                       "y1": 1, "line": {"color": colour, "width": 1, "dash": "dash"}})
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": e["step"],
+                "x1": e["step"],
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": colour, "width": 1, "dash": "dash"},
+            }
+        )
         if labels and e["kind"] == "shortcut":
             short = e["text"].replace("shortcut ", "").replace(": all blocks", ": all").replace("block ", "b")
-            annotations.append({"x": e["step"], "y": 1, "xref": "x", "yref": "paper", "text": short,
-                                "showarrow": False, "xanchor": "center", "yanchor": "bottom",
-                                "font": {"size": 10, "color": colour}, "hovertext": e["text"]})
-    layout = {"title": {"text": title, "font": {"size": 14}}, "uirevision": revision,
-              "margin": {"l": 55, "r": 10, "t": 45, "b": 35}, "xaxis": {"title": {"text": "step"}},
-              "yaxis": {"title": {"text": ytitle}, "type": "log" if log else "linear"},
-              "legend": {"font": {"size": 10}}, "shapes": shapes, "annotations": annotations,
-              "template": "plotly_white"}
+            annotations.append(
+                {
+                    "x": e["step"],
+                    "y": 1,
+                    "xref": "x",
+                    "yref": "paper",
+                    "text": short,
+                    "showarrow": False,
+                    "xanchor": "center",
+                    "yanchor": "bottom",
+                    "font": {"size": 10, "color": colour},
+                    "hovertext": e["text"],
+                }
+            )
+    layout = {
+        "title": {"text": title, "font": {"size": 14}},
+        "uirevision": revision,
+        "margin": {"l": 55, "r": 10, "t": 45, "b": 35},
+        "xaxis": {"title": {"text": "step"}},
+        "yaxis": {"title": {"text": ytitle}, "type": "log" if log else "linear"},
+        "legend": {"font": {"size": 10}},
+        "shapes": shapes,
+        "annotations": annotations,
+        "template": "plotly_white",
+    }
     layout.update(extra)
     return layout
 
@@ -58,24 +91,48 @@ def _curves(history, field: str, train_name: str, max_points: int) -> list[dict]
         steps, evals = thin(h.steps, max_points), thin(h.evals, max_points)
         name = f" ({label})" if label else ""
         train_colour, held_colour = (TWIN_COLOURS[label],) * 2 if label in TWIN_COLOURS else ("#1f77b4", "#ff7f0e")
-        data.append({"type": "scatter", "mode": "lines", "name": f"{train_name}{name}", "opacity": 0.6,
-                     "x": [r["step"] for r in steps], "y": [r[field] for r in steps],
-                     "line": {"color": train_colour, "dash": TWIN_DASH.get(label, "solid")}})
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"held-out{name}",
-                     "x": [r["step"] for r in evals], "y": [r[field] for r in evals],
-                     "line": {"color": held_colour, "dash": TWIN_DASH.get(label, "solid")}})
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"{train_name}{name}",
+                "opacity": 0.6,
+                "x": [r["step"] for r in steps],
+                "y": [r[field] for r in steps],
+                "line": {"color": train_colour, "dash": TWIN_DASH.get(label, "solid")},
+            }
+        )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"held-out{name}",
+                "x": [r["step"] for r in evals],
+                "y": [r[field] for r in evals],
+                "line": {"color": held_colour, "dash": TWIN_DASH.get(label, "solid")},
+            }
+        )
     return data
 
 
 def loss_figure(history, revision=0, max_points: int = 300) -> dict:
-    return {"data": _curves(history, "loss", "training", max_points),
-            "layout": _layout("Loss", "cross-entropy", revision, _events(history))}
+    return {
+        "data": _curves(history, "loss", "training", max_points),
+        "layout": _layout("Loss", "cross-entropy", revision, _events(history)),
+    }
 
 
 def accuracy_figure(history, revision=0, max_points: int = 300) -> dict:
-    return {"data": _curves(history, "acc", "batch", max_points),
-            "layout": _layout("Accuracy", "fraction correct", revision, _events(history),
-                              yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]})}
+    return {
+        "data": _curves(history, "acc", "batch", max_points),
+        "layout": _layout(
+            "Accuracy",
+            "fraction correct",
+            revision,
+            _events(history),
+            yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]},
+        ),
+    }
 
 
 def positive(v: float) -> float | None:
@@ -91,12 +148,29 @@ def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
         names = list(steps[-1]["grad_norm"]) if steps else []
         colours = layer_colours(names)
         for name in names:
-            data.append({"type": "scatter", "mode": "lines", "name": f"{name} ({label})" if label else name,
-                         "x": [r["step"] for r in steps], "y": [positive(r["grad_norm"][name]) for r in steps],
-                         "line": {"color": colours[name], "width": 1.5, "dash": TWIN_DASH.get(label, "solid")}})
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{name} ({label})" if label else name,
+                    "x": [r["step"] for r in steps],
+                    "y": [positive(r["grad_norm"][name]) for r in steps],
+                    "line": {"color": colours[name], "width": 1.5, "dash": TWIN_DASH.get(label, "solid")},
+                }
+            )
     # a legend of 57 layers (ResNet-56) would crowd out the plot: deep nets name their lines on hover only
-    return {"data": data, "layout": _layout("Gradient norm per layer (dark: near the input)", "‖∂loss/∂W‖", revision,
-                                            _events(history), log=True, labels=False, showlegend=len(names) <= 12)}
+    return {
+        "data": data,
+        "layout": _layout(
+            "Gradient norm per layer (dark: near the input)",
+            "‖∂loss/∂W‖",
+            revision,
+            _events(history),
+            log=True,
+            labels=False,
+            showlegend=len(names) <= 12,
+        ),
+    }
 
 
 def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
@@ -106,11 +180,21 @@ def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
     steps = thin(h.steps, max_points)
     names = list(steps[-1]["grad_norm"]) if steps else []
     z = [[math.log10(r["grad_norm"][n]) if r["grad_norm"][n] > 0 else None for r in steps] for n in names]
-    data = [{"type": "heatmap", "x": [r["step"] for r in steps], "y": names, "z": z, "colorscale": "Viridis",
-             "colorbar": {"title": {"text": "log10 ‖g‖"}}}]
+    data = [
+        {
+            "type": "heatmap",
+            "x": [r["step"] for r in steps],
+            "y": names,
+            "z": z,
+            "colorscale": "Viridis",
+            "colorbar": {"title": {"text": "log10 ‖g‖"}},
+        }
+    ]
     title = "Gradient norm heatmap" + (f" ({label})" if label else "")
-    return {"data": data, "layout": _layout(title, "", revision, _events(history), labels=False,
-                                            yaxis={"automargin": True})}
+    return {
+        "data": data,
+        "layout": _layout(title, "", revision, _events(history), labels=False, yaxis={"automargin": True}),
+    }
 
 
 def _events(history) -> list[dict]:
@@ -120,8 +204,12 @@ def _events(history) -> list[dict]:
 
 def live_figures(history, revision=0) -> dict:
     """Every live chart at once: {"loss", "accuracy", "grad_norm", "grad_heatmap"}."""
-    return {"loss": loss_figure(history, revision), "accuracy": accuracy_figure(history, revision),
-            "grad_norm": grad_norm_figure(history, revision), "grad_heatmap": grad_heatmap_figure(history, revision)}
+    return {
+        "loss": loss_figure(history, revision),
+        "accuracy": accuracy_figure(history, revision),
+        "grad_norm": grad_norm_figure(history, revision),
+        "grad_heatmap": grad_heatmap_figure(history, revision),
+    }
 
 
 def gradient_tensor_figure(grads: dict, layer: str, titles=("shortcut on", "shortcut off")) -> dict:
@@ -131,26 +219,57 @@ def gradient_tensor_figure(grads: dict, layer: str, titles=("shortcut on", "shor
     bound = max((abs(v) for m in mats for row in m for v in row), default=1.0) or 1.0
     data = []
     for i, m in enumerate(mats, 1):
-        data.append({"type": "heatmap", "z": m, "zmin": -bound, "zmax": bound, "colorscale": "RdBu",
-                     "reversescale": True, "showscale": i == len(mats), "xaxis": f"x{i}", "yaxis": f"y{i}"})
-    layout = {"title": {"text": f"∂loss/∂W of {layer}", "font": {"size": 14}}, "template": "plotly_white",
-              "margin": {"l": 40, "r": 10, "t": 50, "b": 30}, "annotations": [], "height": 360}
+        data.append(
+            {
+                "type": "heatmap",
+                "z": m,
+                "zmin": -bound,
+                "zmax": bound,
+                "colorscale": "RdBu",
+                "reversescale": True,
+                "showscale": i == len(mats),
+                "xaxis": f"x{i}",
+                "yaxis": f"y{i}",
+            }
+        )
+    layout = {
+        "title": {"text": f"∂loss/∂W of {layer}", "font": {"size": 14}},
+        "template": "plotly_white",
+        "margin": {"l": 40, "r": 10, "t": 50, "b": 30},
+        "annotations": [],
+        "height": 360,
+    }
     for i, title in enumerate(titles[: len(mats)], 1):
         width = 1 / len(mats)
         layout[f"xaxis{i}"] = {"domain": [(i - 1) * width + 0.02, i * width - 0.04], "title": {"text": "in x kernel"}}
         layout[f"yaxis{i}"] = {"anchor": f"x{i}", "autorange": "reversed", "title": {"text": "out channel"}}
-        layout["annotations"].append({"text": title, "x": (i - 0.5) * width, "y": 1.02, "xref": "paper",
-                                      "yref": "paper", "showarrow": False, "yanchor": "bottom"})
+        layout["annotations"].append(
+            {
+                "text": title,
+                "x": (i - 0.5) * width,
+                "y": 1.02,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "yanchor": "bottom",
+            }
+        )
     return {"data": data, "layout": layout}
 
 
 def grad_norm_bars_figure(runs: dict[str, dict[str, float]]) -> dict:
     """Per-layer gradient norms of one image, as grouped bars per run (e.g. shortcuts on / off), log scale."""
-    data = [{"type": "bar", "name": label, "x": list(norms), "y": list(norms.values())}
-            for label, norms in runs.items()]
-    layout = {"title": {"text": "Gradient norm per layer, input → output", "font": {"size": 14}}, "barmode": "group",
-              "yaxis": {"type": "log", "title": {"text": "‖∂loss/∂W‖"}}, "template": "plotly_white", "height": 360,
-              "margin": {"l": 55, "r": 10, "t": 50, "b": 80}}
+    data = [
+        {"type": "bar", "name": label, "x": list(norms), "y": list(norms.values())} for label, norms in runs.items()
+    ]
+    layout = {
+        "title": {"text": "Gradient norm per layer, input → output", "font": {"size": 14}},
+        "barmode": "group",
+        "yaxis": {"type": "log", "title": {"text": "‖∂loss/∂W‖"}},
+        "template": "plotly_white",
+        "height": 360,
+        "margin": {"l": 55, "r": 10, "t": 50, "b": 80},
+    }
     return {"data": data, "layout": layout}
 
 
@@ -172,18 +291,34 @@ def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
 
     data = []
     for k, (label, h) in enumerate(_runs(twin_histories).items()):
-        recent = h.steps[-max(1, window):]
+        recent = h.steps[-max(1, window) :]
         if not recent:
             continue
         rows = [layer_depth_norms(r) for r in recent]  # one list per step, same layers in the same order
         norms = [sum(row[i]["grad_norm"] for row in rows) / len(rows) for i in range(len(rows[0]))]
         steps = f"step {recent[-1]['step']}" if len(recent) == 1 else f"steps {recent[0]['step']}-{recent[-1]['step']}"
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label or 'net'} ({steps})",
-                     "x": [r["depth"] for r in rows[0]], "y": [positive(v) for v in norms],
-                     "text": [r["layer"] for r in rows[0]], "hovertemplate": "%{text}: %{y:.3g}<extra></extra>",
-                     "line": {"color": _twin_colour(label, k), "dash": TWIN_DASH.get(label, "solid")}})
-    return {"data": data, "layout": _layout("Gradient norm vs depth", "‖∂loss/∂W‖", revision, log=True,
-                                            xaxis={"title": {"text": "layer (1 = stem, input side)"}})}
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"{label or 'net'} ({steps})",
+                "x": [r["depth"] for r in rows[0]],
+                "y": [positive(v) for v in norms],
+                "text": [r["layer"] for r in rows[0]],
+                "hovertemplate": "%{text}: %{y:.3g}<extra></extra>",
+                "line": {"color": _twin_colour(label, k), "dash": TWIN_DASH.get(label, "solid")},
+            }
+        )
+    return {
+        "data": data,
+        "layout": _layout(
+            "Gradient norm vs depth",
+            "‖∂loss/∂W‖",
+            revision,
+            log=True,
+            xaxis={"title": {"text": "layer (1 = stem, input side)"}},
+        ),
+    }
 
 
 def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict:
@@ -196,12 +331,24 @@ def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict
     for b in blocks:
         points = [(r["step"], row) for r in routes for row in r["blocks"] if row["block"] == b]
         for route, dash in (("shortcut", "solid"), ("residual", "dash")):
-            data.append({"type": "scatter", "mode": "lines+markers", "name": f"block {b} via {route}",
-                         "legendgroup": f"block {b}", "x": [step for step, _ in points],
-                         "y": [positive(row[route]) for _, row in points], "marker": {"size": 4},
-                         "line": {"color": colours[str(b)], "width": 1.5, "dash": dash}})
-    return {"data": data, "layout": _layout("Gradient into each block: shortcut vs residual branch",
-                                            "‖∂loss/∂x‖ per route", revision, log=True)}
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": f"block {b} via {route}",
+                    "legendgroup": f"block {b}",
+                    "x": [step for step, _ in points],
+                    "y": [positive(row[route]) for _, row in points],
+                    "marker": {"size": 4},
+                    "line": {"color": colours[str(b)], "width": 1.5, "dash": dash},
+                }
+            )
+    return {
+        "data": data,
+        "layout": _layout(
+            "Gradient into each block: shortcut vs residual branch", "‖∂loss/∂x‖ per route", revision, log=True
+        ),
+    }
 
 
 def lesion_figure(lesions: dict[str, list[dict]], revision=0) -> dict:
@@ -213,19 +360,49 @@ def lesion_figure(lesions: dict[str, list[dict]], revision=0) -> dict:
         colour = _twin_colour(label, k)
         cut = [r for r in rows if r["block"] is not None]
         intact = [r["acc"] for r in rows if r["block"] is None]
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label}, one block bypassed",
-                     "x": [r["block"] for r in cut], "y": [r["acc"] for r in cut], "line": {"color": colour}})
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"{label}, one block bypassed",
+                "x": [r["block"] for r in cut],
+                "y": [r["acc"] for r in cut],
+                "line": {"color": colour},
+            }
+        )
         if intact and cut:
-            data.append({"type": "scatter", "mode": "lines", "name": f"{label}, intact",
-                         "x": [cut[0]["block"], cut[-1]["block"]], "y": intact * 2,
-                         "line": {"color": colour, "dash": "dash", "width": 1}})
-    return {"data": data, "layout": _layout("Lesions: one block bypassed at test time", "held-out accuracy",
-                                            revision, xaxis={"title": {"text": "bypassed block"}, "dtick": 1},
-                                            yaxis={"title": {"text": "held-out accuracy"}, "range": [0, 1.02]})}
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{label}, intact",
+                    "x": [cut[0]["block"], cut[-1]["block"]],
+                    "y": intact * 2,
+                    "line": {"color": colour, "dash": "dash", "width": 1},
+                }
+            )
+    return {
+        "data": data,
+        "layout": _layout(
+            "Lesions: one block bypassed at test time",
+            "held-out accuracy",
+            revision,
+            xaxis={"title": {"text": "bypassed block"}, "dtick": 1},
+            yaxis={"title": {"text": "held-out accuracy"}, "range": [0, 1.02]},
+        ),
+    }
 
 
-def compare_figure(runs: dict, title: str, ytitle: str, field: str = "loss", evals: bool = False, window: int = 1,
-                   log: bool = False, max_points: int = 400) -> dict:
+def compare_figure(
+    runs: dict,
+    title: str,
+    ytitle: str,
+    field: str = "loss",
+    evals: bool = False,
+    window: int = 1,
+    log: bool = False,
+    max_points: int = 400,
+) -> dict:
     """One line per run ({"20 layers, plain": History, ...}) of a step field (or, evals=True, a held-out one),
     averaged over the last `window` records; runs named "<group>, <net>" share a colour per group, plain dotted."""
     groups = list(dict.fromkeys(label.split(",")[0] for label in runs))
@@ -233,11 +410,22 @@ def compare_figure(runs: dict, title: str, ytitle: str, field: str = "loss", eva
     for label, h in runs.items():
         records = h.evals if evals else h.steps
         values = [r[field] for r in records]
-        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                  for i in range(len(values))]
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
         keep = thin(list(zip([r["step"] for r in records], smooth)), max_points)
-        data.append({"type": "scatter", "mode": "lines+markers" if evals else "lines", "name": label,
-                     "x": [s for s, _ in keep], "y": [v for _, v in keep],
-                     "line": {"color": _twin_colour("", groups.index(label.split(",")[0]) + 2),
-                              "dash": "dot" if "plain" in label else "solid"}})
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers" if evals else "lines",
+                "name": label,
+                "x": [s for s, _ in keep],
+                "y": [v for _, v in keep],
+                "line": {
+                    "color": _twin_colour("", groups.index(label.split(",")[0]) + 2),
+                    "dash": "dot" if "plain" in label else "solid",
+                },
+            }
+        )
     return {"data": data, "layout": _layout(title, ytitle, 0, log=log)}

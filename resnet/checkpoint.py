@@ -57,8 +57,10 @@ def load(source: str | Path, device="cpu", token: str | None = None) -> HubResNe
 def load_into(target: ResNet, source: ResNet) -> None:
     """Copy a loaded checkpoint's weights and shortcut states into a live model of the same architecture."""
     if target.config.to_dict() != source.config.to_dict():
-        raise CheckpointError(f"the checkpoint is a different architecture ({source.config}) than this session's "
-                              f"({target.config}); reset the session with that architecture first")
+        raise CheckpointError(
+            f"the checkpoint is a different architecture ({source.config}) than this session's "
+            f"({target.config}); reset the session with that architecture first"
+        )
     with torch.no_grad():
         target.load_state_dict(source.state_dict(), strict=True)
     for i, on in enumerate(source.shortcuts, 1):
@@ -74,8 +76,10 @@ def session_from(model: HubResNet, config=None):
     dataset = model.dataset if model.dataset in DATASETS else config.dataset
     session = Session(replace(config, dataset=dataset), model.config)
     if list(session.data.classes) != model.classes:
-        raise CheckpointError(f"the checkpoint's classes ({', '.join(model.classes)}) are not those of the "
-                              f"'{dataset}' dataset; load it where that dataset is available")
+        raise CheckpointError(
+            f"the checkpoint's classes ({', '.join(model.classes)}) are not those of the "
+            f"'{dataset}' dataset; load it where that dataset is available"
+        )
     with session.lock:
         load_into(session.model, model)
         session.history.add_event(0, "checkpoint", "loaded from a checkpoint")
@@ -89,8 +93,10 @@ def unpack(zip_path: str | Path, directory: str | Path) -> Path:
         with zipfile.ZipFile(zip_path) as z:
             names = set(z.namelist())
             if names != {"model.safetensors", "config.json"}:
-                raise CheckpointError(f"a checkpoint zip holds exactly model.safetensors and config.json; this one "
-                                      f"holds {sorted(names)[:5]}")
+                raise CheckpointError(
+                    f"a checkpoint zip holds exactly model.safetensors and config.json; this one "
+                    f"holds {sorted(names)[:5]}"
+                )
             for name in names:
                 (directory / name).write_bytes(z.read(name))
     except zipfile.BadZipFile as e:

@@ -33,8 +33,10 @@ class Dataset:
         # a builder registered by someone else fails here, not deep inside a training step
         for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
             if x.dtype != torch.uint8 or x.shape[1:] != (3, 32, 32) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
-                raise ValueError(f"dataset {self.name!r}: want (N,3,32,32) uint8 images and (N,) int64 labels, "
-                                 f"got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}")
+                raise ValueError(
+                    f"dataset {self.name!r}: want (N,3,32,32) uint8 images and (N,) int64 labels, "
+                    f"got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}"
+                )
 
     def to(self, device) -> "Dataset":
         t = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
@@ -45,6 +47,7 @@ class Dataset:
 # Ten shapes that stay distinct drawn as outlines or filled. Left out: "ring" (a circle drawn with a pen already is
 # one) and "diamond" (a turned square). Plus and cross differ by a 45 degree turn, so both turn at most 15 degrees.
 # Each is a distance in a shape space where it spans about [-1, 1], x right and y down as in an image.
+
 
 def _segments(*points) -> torch.Tensor:
     """(S, 2, 2) start and end of each segment of the polyline through points."""
@@ -71,6 +74,7 @@ def _polygon(*corners) -> Callable[[torch.Tensor], torch.Tensor]:
         x_cross = a[:, 0] + (y - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])  # (B, P, S)
         inside = (((a[:, 1] > y) != (b[:, 1] > y)) & (x < x_cross)).sum(-1) % 2 == 1
         return torch.where(inside, -1.0, 1.0) * _dist_segments(q, seg).amin(-1)
+
     return sd
 
 
@@ -99,15 +103,15 @@ _D = math.sqrt(0.5)
 # name: (distance in shape space, closed (has an inside) or open strokes, largest turn in degrees)
 _CLASSES = {
     "circle": (lambda q: q.norm(dim=-1) - 0.9, True, 180),  # with a random aspect: the ellipse a hand draws
-    "square": (_polygon((-.8, -.8), (.8, -.8), (.8, .8), (-.8, .8)), True, 20),  # turned 45 it is a diamond
-    "triangle": (_polygon((0, -1), (.9, .6), (-.9, .6)), True, 180),
+    "square": (_polygon((-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)), True, 20),  # turned 45 it is a diamond
+    "triangle": (_polygon((0, -1), (0.9, 0.6), (-0.9, 0.6)), True, 180),
     "star": (_polygon(*_STAR), True, 180),
     "heart": (_heart, True, 25),  # upside down it stops being a heart
     "crescent": (_crescent, True, 180),  # the moon, any way up
     "plus": (_strokes([(-1, 0), (1, 0)], [(0, -1), (0, 1)]), False, 15),
     "cross": (_strokes([(-_D, -_D), (_D, _D)], [(-_D, _D), (_D, -_D)]), False, 15),
-    "arrow": (_strokes([(-1, 0), (1, 0)], [(.45, -.5), (1, 0), (.45, .5)]), False, 180),  # points anywhere
-    "lightning": (_strokes([(.45, -1), (-.4, .05), (.4, -.05), (-.45, 1)]), False, 25),
+    "arrow": (_strokes([(-1, 0), (1, 0)], [(0.45, -0.5), (1, 0), (0.45, 0.5)]), False, 180),  # points anywhere
+    "lightning": (_strokes([(0.45, -1), (-0.4, 0.05), (0.4, -0.05), (-0.45, 1)]), False, 25),
 }
 SHAPES = tuple(_CLASSES)
 
@@ -184,8 +188,9 @@ def make_shapes(n_train: int = 10000, n_test: int = 2000, seed: int = 0) -> Data
     if n_train < 1 or n_test < 1:
         raise ValueError(f"need at least one image per split, got n_train={n_train}, n_test={n_test}")
     # stream 2 * seed + split: no seed's test set is another seed's training set
-    (train_x, train_y), (test_x, test_y) = (_split(n, torch.Generator().manual_seed(2 * seed + k))
-                                            for k, n in enumerate((n_train, n_test)))
+    (train_x, train_y), (test_x, test_y) = (
+        _split(n, torch.Generator().manual_seed(2 * seed + k)) for k, n in enumerate((n_train, n_test))
+    )
     return Dataset("shapes", SHAPES, train_x, train_y, test_x, test_y)
 
 

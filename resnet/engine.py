@@ -102,8 +102,9 @@ class History:
 class Session:
     """One learner's training run. Not shared between users; `lock` guards it against the app's threads."""
 
-    def __init__(self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None,
-                 data: Dataset | None = None):
+    def __init__(
+        self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None, data: Dataset | None = None
+    ):
         """`data`: a dataset of this learner's own (an uploaded zip) instead of the registered `config.dataset`."""
         self.config = config or TrainConfig()
         if data is not None:
@@ -150,8 +151,9 @@ class Session:
         if c.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
         else:
-            self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                                             foreach=True)
+            self.optimizer = torch.optim.SGD(
+                params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, foreach=True
+            )
 
     def configure(self, lr: float | None = None, optimizer: str | None = None, batch_size: int | None = None):
         """Change lr, optimizer or batch size between steps; weights and history stay."""
@@ -280,13 +282,21 @@ class Session:
             if not had_state:
                 self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
-            return {"rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
-                                "weights restored"}
+            return {
+                "rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
+                "weights restored"
+            }
 
         self.step_count += 1
         names = list(self.layers)
-        record = {"step": self.step_count, "loss": loss_value, "acc": acc, "lr": self.config.lr,
-                  "shortcuts": self.model.shortcuts, "grad_norm": dict(zip(names, stats[2 : 2 + k]))}
+        record = {
+            "step": self.step_count,
+            "loss": loss_value,
+            "acc": acc,
+            "lr": self.config.lr,
+            "shortcuts": self.model.shortcuts,
+            "grad_norm": dict(zip(names, stats[2 : 2 + k])),
+        }
         if self.config.telemetry:
             record["weight_norm"] = dict(zip(names, stats[2 + k : 2 + 2 * k]))
             record["update_ratio"] = dict(zip(names, ratios))
@@ -370,8 +380,10 @@ class Session:
 
     def _layer_grads(self) -> dict[str, torch.Tensor]:
         # a projection whose shortcut is off gets no gradient: zero, not missing
-        return {n: (m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)).float().cpu()
-                for n, m in self.layers.items()}
+        return {
+            n: (m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)).float().cpu()
+            for n, m in self.layers.items()
+        }
 
     def mix_in(self, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> None:
         """Put the learner's labelled image(s) into each of the next `steps` training batches."""
@@ -381,10 +393,17 @@ class Session:
 
     def summary(self) -> dict:
         """What the UI shows beside the charts, as plain data."""
-        return {"step": self.step_count, "device": str(self.device), "precision": self.precision,
-                "dataset": self.config.dataset, "classes": list(self.data.classes),
-                "depth": self.model_config.depth, "parameters": sum(p.numel() for p in self.model.parameters()),
-                "shortcuts": self.model.shortcuts, "config": asdict(self.config)}
+        return {
+            "step": self.step_count,
+            "device": str(self.device),
+            "precision": self.precision,
+            "dataset": self.config.dataset,
+            "classes": list(self.data.classes),
+            "depth": self.model_config.depth,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "shortcuts": self.model.shortcuts,
+            "config": asdict(self.config),
+        }
 
 
 def check_lr(lr: float) -> None:

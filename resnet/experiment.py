@@ -49,8 +49,7 @@ class ExperimentConfig:
 # defaults) shows the degradation within 100 steps: plain-56 has hardly left chance loss (2.30) while plain-20
 # and residual-56 are well below it. (SGD at the paper's lr 0.1, without its warm-up, trains neither 56-layer net
 # here.) The default above is the README figure's run: 80 s on an H100, some 20 minutes (estimated) on 2 CPU cores.
-QUICK = ExperimentConfig(steps=100, eval_every=50, eval_size=200, final_eval_size=500, lesion_size=200,
-                         loss_tail=20)
+QUICK = ExperimentConfig(steps=100, eval_every=50, eval_size=200, final_eval_size=500, lesion_size=200, loss_tail=20)
 
 
 def train_depth(config: ExperimentConfig, depth: int, bar=None):
@@ -59,10 +58,18 @@ def train_depth(config: ExperimentConfig, depth: int, bar=None):
     from .model import cifar_config
     from .twin import TwinSession
 
-    train = TrainConfig(dataset=config.dataset, optimizer=config.optimizer, lr=config.lr,
-                        batch_size=config.batch_size, eval_every=config.eval_every, eval_size=config.eval_size,
-                        seed=config.seed, device=config.device, precision=config.precision,
-                        history_points=max(2000, config.steps))  # keep every step: the csv has them all
+    train = TrainConfig(
+        dataset=config.dataset,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        eval_every=config.eval_every,
+        eval_size=config.eval_size,
+        seed=config.seed,
+        device=config.device,
+        precision=config.precision,
+        history_points=max(2000, config.steps),
+    )  # keep every step: the csv has them all
     twin = TwinSession(train, cifar_config((depth - 2) // 6, width=config.width))
     while twin.step_count < config.steps:
         chunk = min(10, config.steps - twin.step_count)
@@ -85,9 +92,16 @@ def measure(config: ExperimentConfig, depth: int, twin) -> dict:
     for net, session in twin.twins.items():
         held_out = session.evaluate(config.final_eval_size)
         tail = [r["loss"] for r in session.history.steps[-config.loss_tail :]]
-        out["nets"][net] = {"depth": depth, "net": net, "shortcut": net == "residual", "steps": session.step_count,
-                            "train_loss": sum(tail) / len(tail), "held_out_loss": held_out["loss"],
-                            "held_out_acc": held_out["acc"], "parameters": session.summary()["parameters"]}
+        out["nets"][net] = {
+            "depth": depth,
+            "net": net,
+            "shortcut": net == "residual",
+            "steps": session.step_count,
+            "train_loss": sum(tail) / len(tail),
+            "held_out_loss": held_out["loss"],
+            "held_out_acc": held_out["acc"],
+            "parameters": session.summary()["parameters"],
+        }
     return out
 
 
@@ -96,9 +110,12 @@ def degradation(results: list[dict]) -> dict:
     deepest residual. Reported as found; nothing here is tuned to make them come out true."""
     loss = {(r["depth"], r["net"]): r["train_loss"] for r in results}
     deep, shallow = max(r["depth"] for r in results), min(r["depth"] for r in results)
-    return {"deep_plain_above_shallow_plain": loss[deep, "plain"] > loss[shallow, "plain"],
-            "deep_plain_above_deep_residual": loss[deep, "plain"] > loss[deep, "residual"],
-            "deep": deep, "shallow": shallow}
+    return {
+        "deep_plain_above_shallow_plain": loss[deep, "plain"] > loss[shallow, "plain"],
+        "deep_plain_above_deep_residual": loss[deep, "plain"] > loss[deep, "residual"],
+        "deep": deep,
+        "shallow": shallow,
+    }
 
 
 def run(config: ExperimentConfig, out: Path, progress: bool = True) -> dict:
@@ -118,10 +135,15 @@ def run(config: ExperimentConfig, out: Path, progress: bool = True) -> dict:
             histories[depth] = twin.histories
             device, precision = twin.residual.device, twin.residual.precision
     results = [d["nets"][net] for d in depths for net in NETS]
-    summary = {"config": asdict(config), "device": str(device), "precision": precision,
-               "seconds": round(time.perf_counter() - t0, 1), "results": results,
-               "degradation": degradation(results),
-               "lesions": {str(d["depth"]): d["lesions"] for d in depths}}
+    summary = {
+        "config": asdict(config),
+        "device": str(device),
+        "precision": precision,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": results,
+        "degradation": degradation(results),
+        "lesions": {str(d["depth"]): d["lesions"] for d in depths},
+    }
     write_history(out / "history.csv", histories)  # the numbers first: they outlive a failed report
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.html").write_text(report_html(summary, depths, histories), encoding="utf-8")
@@ -141,8 +163,10 @@ def write_history(path: Path, histories: dict) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [f"{'layers':>6}  {'net':<8}  {'train loss':>10}  {'held-out acc':>12}  {'params':>8}"]
-    lines += [f"{r['depth']:>6}  {r['net']:<8}  {r['train_loss']:>10.4f}  {r['held_out_acc']:>12.3f}  "
-              f"{r['parameters']:>8,}" for r in results]
+    lines += [
+        f"{r['depth']:>6}  {r['net']:<8}  {r['train_loss']:>10.4f}  {r['held_out_acc']:>12.3f}  {r['parameters']:>8,}"
+        for r in results
+    ]
     return "\n".join(lines)
 
 
@@ -157,47 +181,76 @@ def report_html(summary: dict, depths: list[dict], histories: dict) -> str:
     c = summary["config"]
     runs = {f"{depth} layers, {net}": h for depth, twins in histories.items() for net, h in twins.items()}
     sections = [
-        ("Training loss (mean of the last 20 batches)", "In He et al.'s Fig. 1 the deeper plain net (dotted) "
-         "trains worse than the shallower one, and with shortcuts (solid) the deeper net trains at least as well. "
-         "The verdict above says what this run found.",
-         compare_figure(runs, "Training loss", "cross-entropy", window=20)),
-        ("Held-out accuracy", "", compare_figure(runs, "Held-out accuracy", "fraction correct", field="acc",
-                                                  evals=True)),
+        (
+            "Training loss (mean of the last 20 batches)",
+            "In He et al.'s Fig. 1 the deeper plain net (dotted) "
+            "trains worse than the shallower one, and with shortcuts (solid) the deeper net trains at least as well. "
+            "The verdict above says what this run found.",
+            compare_figure(runs, "Training loss", "cross-entropy", window=20),
+        ),
+        (
+            "Held-out accuracy",
+            "",
+            compare_figure(runs, "Held-out accuracy", "fraction correct", field="acc", evals=True),
+        ),
     ]
     for d in depths:
         n = d["depth"]
         sections += [
-            (f"{n} layers: both twins' losses", "Same initial weights, same batches: only the shortcuts differ.",
-             loss_figure(histories[n])),
-            (f"{n} layers: gradient norm vs depth", "Each conv/linear layer's weight-gradient norm at the end of "
-             "training (mean of the last 20 steps: one batch is noisy), input on the left.",
-             depth_figure(histories[n], window=20)),
-            (f"{n} layers: gradient routes into each block (residual twin)", "How much of dL/dx reaches each "
-             "block's input straight through the shortcut (the '+1' in d(x + F(x))/dx) and how much through the "
-             "residual branch F, on a fixed batch.", routes_figure(d["routes"])),
-            (f"{n} layers: lesions", "Held-out accuracy with one block bypassed at test time (Veit et al. 2016): "
-             "its residual branch dropped, the weights unchanged.", lesion_figure(d["lesions"])),
+            (
+                f"{n} layers: both twins' losses",
+                "Same initial weights, same batches: only the shortcuts differ.",
+                loss_figure(histories[n]),
+            ),
+            (
+                f"{n} layers: gradient norm vs depth",
+                "Each conv/linear layer's weight-gradient norm at the end of "
+                "training (mean of the last 20 steps: one batch is noisy), input on the left.",
+                depth_figure(histories[n], window=20),
+            ),
+            (
+                f"{n} layers: gradient routes into each block (residual twin)",
+                "How much of dL/dx reaches each "
+                "block's input straight through the shortcut (the '+1' in d(x + F(x))/dx) and how much through the "
+                "residual branch F, on a fixed batch.",
+                routes_figure(d["routes"]),
+            ),
+            (
+                f"{n} layers: lesions",
+                "Held-out accuracy with one block bypassed at test time (Veit et al. 2016): "
+                "its residual branch dropped, the weights unchanged.",
+                lesion_figure(d["lesions"]),
+            ),
         ]
     verdict = summary["degradation"]
-    rows = "".join(f"<tr><td>{r['depth']}</td><td>{r['net']}</td><td>{r['train_loss']:.4f}</td>"
-                   f"<td>{r['held_out_acc']:.3f}</td><td>{r['parameters']:,}</td></tr>" for r in summary["results"])
-    parts = [f"<h1>Plain vs residual at depth {', '.join(str(d) for d in c['depths'])}</h1>",
-             f"<p>{c['steps']} steps of batch {c['batch_size']} ({c['optimizer']}, lr {c['lr']:g}) on "
-             f"{html.escape(c['dataset'])}, seed {c['seed']}; {summary['device']}, {summary['precision']}, "
-             f"{summary['seconds']:.0f} s.</p>",
-             "<table><tr><th>layers</th><th>net</th><th>final training loss</th><th>held-out accuracy</th>"
-             f"<th>parameters</th></tr>{rows}</table>",
-             f"<p>Deepest plain net's training loss above the shallowest plain net's: "
-             f"<b>{verdict['deep_plain_above_shallow_plain']}</b>; above the deepest residual net's: "
-             f"<b>{verdict['deep_plain_above_deep_residual']}</b>.</p>"]
+    rows = "".join(
+        f"<tr><td>{r['depth']}</td><td>{r['net']}</td><td>{r['train_loss']:.4f}</td>"
+        f"<td>{r['held_out_acc']:.3f}</td><td>{r['parameters']:,}</td></tr>"
+        for r in summary["results"]
+    )
+    parts = [
+        f"<h1>Plain vs residual at depth {', '.join(str(d) for d in c['depths'])}</h1>",
+        f"<p>{c['steps']} steps of batch {c['batch_size']} ({c['optimizer']}, lr {c['lr']:g}) on "
+        f"{html.escape(c['dataset'])}, seed {c['seed']}; {summary['device']}, {summary['precision']}, "
+        f"{summary['seconds']:.0f} s.</p>",
+        "<table><tr><th>layers</th><th>net</th><th>final training loss</th><th>held-out accuracy</th>"
+        f"<th>parameters</th></tr>{rows}</table>",
+        f"<p>Deepest plain net's training loss above the shallowest plain net's: "
+        f"<b>{verdict['deep_plain_above_shallow_plain']}</b>; above the deepest residual net's: "
+        f"<b>{verdict['deep_plain_above_deep_residual']}</b>.</p>",
+    ]
     for i, (title, text, fig) in enumerate(sections):
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>")
         # plotly.js (about 4 MB) once, with the first figure; the others use it
         parts.append(pio.to_html(fig, include_plotlyjs=i == 0, full_html=False, default_height=420))
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ResNet Playground: degradation</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ResNet Playground: degradation</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def main(argv=None) -> dict:
@@ -212,8 +265,12 @@ def main(argv=None) -> dict:
         else:
             p.add_argument(flag, type=kind, help=defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, help="CPU threads (default: one per core); on a busy shared machine 1 can "
-                   "be many times faster, as threads that wait for each other wait for the other programs too")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: one per core); on a busy shared machine 1 can "
+        "be many times faster, as threads that wait for each other wait for the other programs too",
+    )
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -228,9 +285,11 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {e}")
     print(table(summary["results"]))
     v = summary["degradation"]
-    print(f"deep ({v['deep']}) plain above shallow ({v['shallow']}) plain: {v['deep_plain_above_shallow_plain']}; "
-          f"above deep residual: {v['deep_plain_above_deep_residual']}  ({summary['seconds']:.0f} s, "
-          f"{summary['device']}); report: {args.out / 'report.html'}")
+    print(
+        f"deep ({v['deep']}) plain above shallow ({v['shallow']}) plain: {v['deep_plain_above_shallow_plain']}; "
+        f"above deep residual: {v['deep_plain_above_deep_residual']}  ({summary['seconds']:.0f} s, "
+        f"{summary['device']}); report: {args.out / 'report.html'}"
+    )
     return summary
 
 

@@ -35,16 +35,29 @@ class HubDataset:
 
 
 HUB_DATASETS = {
-    "cifar10": HubDataset("uoft-cs/cifar10", "plain_text/train-00000-of-00001.parquet",
-                          "plain_text/test-00000-of-00001.parquet", "img",
-                          ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
-    "mnist": HubDataset("ylecun/mnist", "mnist/train-00000-of-00001.parquet", "mnist/test-00000-of-00001.parquet",
-                        "image", tuple(str(d) for d in range(10))),
-    "fashion_mnist": HubDataset("zalando-datasets/fashion_mnist", "fashion_mnist/train-00000-of-00001.parquet",
-                                "fashion_mnist/test-00000-of-00001.parquet", "image",
-                                ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Ankle boot")),
+    "cifar10": HubDataset(
+        "uoft-cs/cifar10",
+        "plain_text/train-00000-of-00001.parquet",
+        "plain_text/test-00000-of-00001.parquet",
+        "img",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    ),
+    "mnist": HubDataset(
+        "ylecun/mnist",
+        "mnist/train-00000-of-00001.parquet",
+        "mnist/test-00000-of-00001.parquet",
+        "image",
+        tuple(str(d) for d in range(10)),
+    ),
+    "fashion_mnist": HubDataset(
+        "zalando-datasets/fashion_mnist",
+        "fashion_mnist/train-00000-of-00001.parquet",
+        "fashion_mnist/test-00000-of-00001.parquet",
+        "image",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
 }
+
 
 class DataError(ValueError):
     """A dataset we cannot load; the message is meant for the user."""
@@ -87,11 +100,14 @@ def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
     tensors = {}
     for split, filename in (("train", spec.train), ("test", spec.test)):
         try:
-            path = hf_hub_download(spec.repo, filename, repo_type="dataset", revision=spec.revision,
-                                   local_dir=local_dir)
+            path = hf_hub_download(
+                spec.repo, filename, repo_type="dataset", revision=spec.revision, local_dir=local_dir
+            )
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-            raise DataError(f"{name} could not be fetched from the Hugging Face Hub ({type(e).__name__}): this "
-                            "machine may be offline. The embedded 'shapes' dataset works without a network.") from e
+            raise DataError(
+                f"{name} could not be fetched from the Hugging Face Hub ({type(e).__name__}): this "
+                "machine may be offline. The embedded 'shapes' dataset works without a network."
+            ) from e
         tensors[f"{split}_x"], tensors[f"{split}_y"] = decode_parquet(path, spec.image)
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(tensors, cached)
@@ -152,8 +168,12 @@ def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float 
         for part, chunk in (("test", imgs[:n_test]), ("train", imgs[n_test:])):
             split[f"{part}_x"] += chunk
             split[f"{part}_y"] += [label] * len(chunk)
-    tensors = {k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous() if k.endswith("_x")
-               else torch.tensor(v, dtype=torch.int64) for k, v in split.items()}
+    tensors = {
+        k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous()
+        if k.endswith("_x")
+        else torch.tensor(v, dtype=torch.int64)
+        for k, v in split.items()
+    }
     return Dataset(name=f"zip:{path.stem}", classes=classes, **tensors)
 
 

@@ -51,9 +51,12 @@ class NotebookResNet(nn.Module):
             nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
         )
         self.layer2 = NotebookResidualBlock(64, 64)
-        self.layer3 = NotebookResidualBlock(64, 128, stride=2, downsample=nn.Sequential(
-            nn.Conv2d(64, 128, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(128)
-        ))
+        self.layer3 = NotebookResidualBlock(
+            64,
+            128,
+            stride=2,
+            downsample=nn.Sequential(nn.Conv2d(64, 128, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(128)),
+        )
         self.layer4 = NotebookResidualBlock(128, 128)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(128, num_classes)
@@ -77,7 +80,7 @@ def from_notebook(nb: NotebookResNet) -> ResNet:
     for key, value in nb.state_dict().items():
         prefix = next((p for p in renames if key.startswith(p)), None)
         if prefix is not None:  # keys of the unused layer3.shortcut have no counterpart
-            state[renames[prefix] + key[len(prefix):]] = value
+            state[renames[prefix] + key[len(prefix) :]] = value
     model.load_state_dict(state, strict=True)
     return model
 
@@ -99,9 +102,14 @@ def run_cells(seed: int = 42) -> dict:
     return {
         "output": output,
         "loss": loss.item(),
-        "layer2_grads": {"conv1.weight": block1.conv1.weight.grad, "bn1.weight": block1.bn1.weight.grad,
-                         "bn1.bias": block1.bn1.bias.grad, "conv2.weight": block1.conv2.weight.grad,
-                         "bn2.weight": block1.bn2.weight.grad, "bn2.bias": block1.bn2.bias.grad},
+        "layer2_grads": {
+            "conv1.weight": block1.conv1.weight.grad,
+            "bn1.weight": block1.bn1.weight.grad,
+            "bn1.bias": block1.bn1.bias.grad,
+            "conv2.weight": block1.conv2.weight.grad,
+            "bn2.weight": block1.bn2.weight.grad,
+            "bn2.bias": block1.bn2.bias.grad,
+        },
     }
 
 

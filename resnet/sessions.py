@@ -20,8 +20,9 @@ class PoolFull(RuntimeError):
 
 
 class SessionPool:
-    def __init__(self, make: Callable[[], Session], max_sessions: int = 32, idle_seconds: float = 1800,
-                 workers: int = 1):
+    def __init__(
+        self, make: Callable[[], Session], max_sessions: int = 32, idle_seconds: float = 1800, workers: int = 1
+    ):
         self.make = make  # builds a fresh Session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
         self.idle_seconds = idle_seconds  # a session untouched this long is freed

@@ -28,8 +28,10 @@ class _FixedShortcuts(Session):
     def set_shortcut(self, on: bool, block: int | None = None):
         if bool(on) != self.SHORTCUT:
             name = "plain" if not self.SHORTCUT else "residual"
-            raise ValueError(f"the {name} twin's shortcuts stay {'on' if self.SHORTCUT else 'off'}: switching them "
-                             "would end the comparison; use a Session to switch shortcuts")
+            raise ValueError(
+                f"the {name} twin's shortcuts stay {'on' if self.SHORTCUT else 'off'}: switching them "
+                "would end the comparison; use a Session to switch shortcuts"
+            )
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         # the model's own switch is still reachable (twin.plain.model.set_shortcut): refuse to train a changed twin
@@ -59,13 +61,20 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 class TwinSession:
     """A residual Session and its plain twin under one lock; `step` feeds both the very same augmented batches."""
 
-    def __init__(self, config: TrainConfig | None = None, model_config: ResNetConfig | None = None,
-                 data: Dataset | None = None, *, probe_size: int = 64):
+    def __init__(
+        self,
+        config: TrainConfig | None = None,
+        model_config: ResNetConfig | None = None,
+        data: Dataset | None = None,
+        *,
+        probe_size: int = 64,
+    ):
         """Arguments as Session's; `probe_size`: training images (the first, unaugmented) routes are measured on."""
         self.lock = threading.RLock()  # shared by both twins: the app's threads can never step one alone
         self.residual = ResidualTwin(config, model_config, data)
-        self.plain = PlainTwin(self.residual.config, self.residual.model_config,
-                               None if data is None else self.residual.data)  # already on the device
+        self.plain = PlainTwin(
+            self.residual.config, self.residual.model_config, None if data is None else self.residual.data
+        )  # already on the device
         self.residual.lock = self.plain.lock = self.lock
         self.probe_size = probe_size
         self._start()
@@ -145,16 +154,24 @@ class TwinSession:
 
     def summary(self) -> dict:
         with self.lock:
-            return {"step": self.step_count, "residual": self.residual.summary(), "plain": self.plain.summary(),
-                    "routes": len(self.routes)}
+            return {
+                "step": self.step_count,
+                "residual": self.residual.summary(),
+                "plain": self.plain.summary(),
+                "routes": len(self.routes),
+            }
 
 
 def _merge(step: int, reports: list[dict]) -> dict:
     """Session.step's reports of single steps -> one report of them all, in the same shape."""
     last = [r["last"] for r in reports if r["last"] is not None]
-    return {"step": step, "done": sum(r["done"] for r in reports),
-            "rejected": sum(r["rejected"] for r in reports), "messages": [m for r in reports for m in r["messages"]],
-            "last": last[-1] if last else None}
+    return {
+        "step": step,
+        "done": sum(r["done"] for r in reports),
+        "rejected": sum(r["rejected"] for r in reports),
+        "messages": [m for r in reports for m in r["messages"]],
+        "last": last[-1] if last else None,
+    }
 
 
 # --- where the gradient goes ---------------------------------------------------------------------------------
@@ -164,8 +181,10 @@ def gradient_routes(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[dic
     "shortcut", "residual", "total"}] as floats; blocks whose shortcut is off are left out (one route only)."""
     routes = route_gradients(model, x, y)
     norms = torch.stack([g.double().norm() for r in routes for g in r[1:]]).tolist() if routes else []
-    return [{"block": r[0], "total": norms[3 * k], "residual": norms[3 * k + 1], "shortcut": norms[3 * k + 2]}
-            for k, r in enumerate(routes)]
+    return [
+        {"block": r[0], "total": norms[3 * k], "residual": norms[3 * k + 1], "shortcut": norms[3 * k + 2]}
+        for k, r in enumerate(routes)
+    ]
 
 
 def route_gradients(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tuple]:

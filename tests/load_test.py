@@ -74,8 +74,9 @@ class Learner(threading.Thread):
         try:
             self.client = connect(self.url)
             self.client.predict(api_name="/load")
-            out = self.client.predict("shapes", "notebook (0.6M parameters)", self.rng.randrange(100), "adam", 0.001,
-                                      32, api_name="/reset")
+            out = self.client.predict(
+                "shapes", "notebook (0.6M parameters)", self.rng.randrange(100), "adam", 0.001, 32, api_name="/reset"
+            )
             count = step_of(out)
         except Exception as e:  # noqa: BLE001 -- counted and reported, like every other failure
             self.errors.append(f"start: {e}")
@@ -112,10 +113,16 @@ def percentile(values, q):
 
 
 def start_server(port: int, idle_seconds: float) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "PLAYGROUND_IDLE_SECONDS": str(idle_seconds), "PLAYGROUND_PLAY_SECONDS": "30"}
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "PLAYGROUND_IDLE_SECONDS": str(idle_seconds),
+        "PLAYGROUND_PLAY_SECONDS": "30",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(240):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -161,16 +168,27 @@ def run(sessions: int, seconds: float, url: str | None = None, idle_seconds: flo
     errors = [e for learner in learners for e in learner.errors]
     for e in errors[:10]:
         print("error:", e[:300])
-    result = {"sessions": sessions, "seconds": seconds, "errors": len(errors), "steps": len(step_ms),
-              "predictions": len(predict_ms), "p50_step_ms": percentile(step_ms, 50),
-              "p95_step_ms": percentile(step_ms, 95), "p50_predict_ms": percentile(predict_ms, 50),
-              "p95_predict_ms": percentile(predict_ms, 95), "rss_one_session_mb": round(rss_before),
-              "rss_peak_mb": round(peak), "rss_after_mb": round(rss_after),
-              "cross_talk": sum(learner.cross_talk for learner in learners)}
-    print(f"{sessions} learners for {seconds:.0f} s: {len(step_ms)} steps, {len(predict_ms)} predictions, "
-          f"{len(errors)} errors; step p50/p95 {result['p50_step_ms']}/{result['p95_step_ms']} ms, predict "
-          f"p50/p95 {result['p50_predict_ms']}/{result['p95_predict_ms']} ms; memory {result['rss_one_session_mb']} "
-          f"-> peak {result['rss_peak_mb']} -> after {result['rss_after_mb']} MB")
+    result = {
+        "sessions": sessions,
+        "seconds": seconds,
+        "errors": len(errors),
+        "steps": len(step_ms),
+        "predictions": len(predict_ms),
+        "p50_step_ms": percentile(step_ms, 50),
+        "p95_step_ms": percentile(step_ms, 95),
+        "p50_predict_ms": percentile(predict_ms, 50),
+        "p95_predict_ms": percentile(predict_ms, 95),
+        "rss_one_session_mb": round(rss_before),
+        "rss_peak_mb": round(peak),
+        "rss_after_mb": round(rss_after),
+        "cross_talk": sum(learner.cross_talk for learner in learners),
+    }
+    print(
+        f"{sessions} learners for {seconds:.0f} s: {len(step_ms)} steps, {len(predict_ms)} predictions, "
+        f"{len(errors)} errors; step p50/p95 {result['p50_step_ms']}/{result['p95_step_ms']} ms, predict "
+        f"p50/p95 {result['p50_predict_ms']}/{result['p95_predict_ms']} ms; memory {result['rss_one_session_mb']} "
+        f"-> peak {result['rss_peak_mb']} -> after {result['rss_after_mb']} MB"
+    )
     return result
 
 
@@ -206,8 +224,11 @@ def app_speed(seconds: float, batch: int = 64) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"app_img_s": round((last - first) * batch / elapsed, 1), "updates_per_s": round(updates / elapsed, 2),
-            "step_roundtrip_ms": round(statistics.median(trips), 1)}
+    return {
+        "app_img_s": round((last - first) * batch / elapsed, 1),
+        "updates_per_s": round(updates / elapsed, 2),
+        "step_roundtrip_ms": round(statistics.median(trips), 1),
+    }
 
 
 def main(argv=None):

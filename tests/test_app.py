@@ -66,8 +66,7 @@ def test_switching_shortcuts_is_live_and_marked_on_the_charts(client):
 
 
 def test_predict_an_image_file_and_a_sketchpad_drawing(client, tmp_path):
-    label, gallery = client.predict(handle_file(str(ASSETS / "examples" / "star.png")),
-                                            api_name="/predict_image")
+    label, gallery = client.predict(handle_file(str(ASSETS / "examples" / "star.png")), api_name="/predict_image")
     assert len(label["confidences"]) == 5 and label["label"]
     assert sum(c["confidence"] for c in label["confidences"]) <= 1.0001
     assert [caption for _, caption in [(g["image"], g["caption"]) for g in gallery]][:2] == ["stem", "block1"]
@@ -81,10 +80,13 @@ def test_predict_an_image_file_and_a_sketchpad_drawing(client, tmp_path):
     assert len(label["confidences"]) == 5
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"this is not an image at all", "not an image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not an image at all", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not an image"),
+    ],
+)
 def test_a_bad_upload_gets_a_clear_message_and_the_session_goes_on(client, tmp_path, content, message):
     path = tmp_path / "photo.png"
     path.write_bytes(content)
@@ -157,8 +159,9 @@ def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
         for i in range(4):
             z.writestr(f"cat/{i}.png", (ASSETS / "examples" / "circle.png").read_bytes())
             z.writestr(f"dog/{i}.png", (ASSETS / "examples" / "star.png").read_bytes())
-    out = client.predict(handle_file(str(good)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64,
-                         api_name="/use_zip")
+    out = client.predict(
+        handle_file(str(good)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64, api_name="/use_zip"
+    )
     assert out[-1]["value"] == "zip:pets"  # the dataset menu now offers the learner's own set
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
     bad = tmp_path / "evil.zip"
@@ -166,8 +169,7 @@ def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
         z.writestr("../../etc/passwd.png", b"x")
         z.writestr("cat/a.png", b"x")
     with pytest.raises(AppError, match="outside the archive"):
-        client.predict(handle_file(str(bad)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64,
-                       api_name="/use_zip")
+        client.predict(handle_file(str(bad)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64, api_name="/use_zip")
 
 
 def test_an_offline_hub_dataset_is_a_message_and_shapes_still_works(client, monkeypatch, tmp_path):

@@ -17,8 +17,15 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402 -- after the skip
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = Path(__file__).parent.parent / "assets" / "screenshot.png"
 CHARTS = ["#chart-loss", "#chart-acc", "#chart-grad", "#chart-heat"]
 LOAD_MS = 120_000  # the first page load also renders the shapes dataset (once per server) on a slow CPU
@@ -58,7 +65,8 @@ def status_step(page: Page) -> int:
 
 def wait_for_step(page: Page, n: int, timeout_ms: int = STEP_MS):
     expect(page.locator("#status"), f"the status line never reached step {n}").to_contain_text(
-        re.compile(rf"Step {n}\b"), timeout=timeout_ms)
+        re.compile(rf"Step {n}\b"), timeout=timeout_ms
+    )
 
 
 def wait_js(page: Page, predicate: str, failure: str, arg=None, timeout_ms: int = STEP_MS):
@@ -70,8 +78,13 @@ def wait_js(page: Page, predicate: str, failure: str, arg=None, timeout_ms: int 
 
 
 def wait_loss_points(page: Page, n: int, timeout_ms: int = STEP_MS):
-    wait_js(page, f"n => ({TRACE_LEN})(document.querySelector('#chart-loss .js-plotly-plot')) >= n",
-            f"the loss chart never showed {n} steps", n, timeout_ms)
+    wait_js(
+        page,
+        f"n => ({TRACE_LEN})(document.querySelector('#chart-loss .js-plotly-plot')) >= n",
+        f"the loss chart never showed {n} steps",
+        n,
+        timeout_ms,
+    )
 
 
 def loss_points(page: Page) -> int:
@@ -84,6 +97,7 @@ def test_learner_session(page: Page):
 
     def lap(name):
         laps[name] = round(time.monotonic() - t0 - sum(laps.values()), 1)
+
     # 1. the page and its four live charts
     for chart in CHARTS:
         page.wait_for_selector(f"{chart} .js-plotly-plot", state="attached", timeout=LOAD_MS)
@@ -142,16 +156,19 @@ def test_learner_session(page: Page):
 
     # 6. all shortcuts off: the status, the per-block boxes and a marker on the loss chart say so
     page.locator("#all_shortcuts input").uncheck()
-    expect(page.locator("#status"), "the status line should count 0 shortcuts on").to_contain_text(
-        "shortcuts on: 0/3")
+    expect(page.locator("#status"), "the status line should count 0 shortcuts on").to_contain_text("shortcuts on: 0/3")
     boxes = page.locator("#block_shortcuts input")
     assert boxes.count() == 3, f"expected a checkbox per block, found {boxes.count()}"
     for i in range(3):
         expect(boxes.nth(i), f"block {i + 1}'s shortcut box is still ticked").not_to_be_checked()
-    wait_js(page, """() => {
+    wait_js(
+        page,
+        """() => {
         const l = window.__loss.layout;
         return (l.shapes || []).length >= 1 || (l.annotations || []).some(a => /shortcut off/.test(a.text));
-    }""", "the loss chart shows no marker where the shortcuts were switched off")
+    }""",
+        "the loss chart shows no marker where the shortcuts were switched off",
+    )
     lap("shortcuts")
 
     # 7. draw a circle on the pad: a prediction with percentages and what each block sees
@@ -198,6 +215,7 @@ def test_chinese_labels(browser, app_url):
         expect(page.locator("#step"), "the Step button is not translated").to_have_text("单步", timeout=LOAD_MS)
         expect(page.locator("h1"), "the title is not translated").to_contain_text("残差网络游乐场")
         expect(page.locator("#all_shortcuts"), "the shortcut switch is not translated").to_contain_text(
-            "全部残差连接开启")
+            "全部残差连接开启"
+        )
     finally:
         context.close()

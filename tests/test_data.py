@@ -120,13 +120,18 @@ def test_augment_is_a_flip_and_a_shift_of_each_sample(batch):
     padded = F.pad(batch, (4, 4, 4, 4), mode="reflect")  # (64, 3, 40, 40)
 
     def crop(i, dy, dx, flip):
-        c = padded[i, :, dy:dy + 32, dx:dx + 32]
+        c = padded[i, :, dy : dy + 32, dx : dx + 32]
         return c.flip(-1) if flip else c
 
     found = []
     for i in range(len(batch)):
-        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                   if torch.equal(out[i], crop(i, dy, dx, flip))]
+        matches = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if torch.equal(out[i], crop(i, dy, dx, flip))
+        ]
         assert len(matches) == 1, f"sample {i} is not a flipped and shifted copy of its input"
         found += matches
     assert {flip for _, _, flip in found} == {False, True}  # each sample flips on its own coin

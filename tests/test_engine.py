@@ -117,8 +117,15 @@ def test_lr_optimizer_and_batch_size_change_mid_run():
     assert s.next_batch()[0].shape == (8, 3, 32, 32)
     record = s.step(1)["last"]
     assert record["step"] == 3 and record["lr"] == 0.05
-    for bad in ({"lr": 0}, {"lr": -1}, {"lr": float("nan")}, {"lr": 1e6}, {"batch_size": 0}, {"optimizer": "lion"},
-                {"batch_size": 10**6}):
+    for bad in (
+        {"lr": 0},
+        {"lr": -1},
+        {"lr": float("nan")},
+        {"lr": 1e6},
+        {"batch_size": 0},
+        {"optimizer": "lion"},
+        {"batch_size": 10**6},
+    ):
         with pytest.raises(ValueError):
             s.configure(**bad)
     assert isinstance(s.optimizer, torch.optim.SGD) and s.config.batch_size == 8

@@ -27,9 +27,34 @@ def tiny(monkeypatch):
 
 def test_main_writes_a_report_a_history_and_a_summary(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = main(["--out", str(out), "--dataset", tiny, "--depths", "8", "14", "--steps", "3", "--batch-size", "8",
-                    "--eval-every", "2", "--eval-size", "20", "--final-eval-size", "40", "--lesion-size", "20",
-                    "--loss-tail", "2", "--precision", "fp32", "--no-progress"])
+    summary = main(
+        [
+            "--out",
+            str(out),
+            "--dataset",
+            tiny,
+            "--depths",
+            "8",
+            "14",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "2",
+            "--eval-size",
+            "20",
+            "--final-eval-size",
+            "40",
+            "--lesion-size",
+            "20",
+            "--loss-tail",
+            "2",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ]
+    )
 
     saved = json.loads((out / "summary.json").read_text())
     assert saved["results"] == summary["results"]
@@ -69,7 +94,15 @@ def test_bad_settings_fail_clearly(tiny, tmp_path):
 
 
 def test_degradation_compares_deepest_and_shallowest():
-    rows = [{"depth": 20, "net": "residual", "train_loss": 0.3}, {"depth": 20, "net": "plain", "train_loss": 0.4},
-            {"depth": 56, "net": "residual", "train_loss": 0.35}, {"depth": 56, "net": "plain", "train_loss": 0.38}]
-    assert degradation(rows) == {"deep_plain_above_shallow_plain": False, "deep_plain_above_deep_residual": True,
-                                 "deep": 56, "shallow": 20}
+    rows = [
+        {"depth": 20, "net": "residual", "train_loss": 0.3},
+        {"depth": 20, "net": "plain", "train_loss": 0.4},
+        {"depth": 56, "net": "residual", "train_loss": 0.35},
+        {"depth": 56, "net": "plain", "train_loss": 0.38},
+    ]
+    assert degradation(rows) == {
+        "deep_plain_above_shallow_plain": False,
+        "deep_plain_above_deep_residual": True,
+        "deep": 56,
+        "shallow": 20,
+    }

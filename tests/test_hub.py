@@ -82,17 +82,20 @@ def test_a_zip_of_class_folders_becomes_a_dataset_a_session_trains_on(tmp_path):
     assert session.step(2)["done"] == 2 and session.config.dataset == "zip:pets"
 
 
-@pytest.mark.parametrize("entries, limits, reason", [
-    ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/notes.txt": b"hello"}, {}, "not an image file"),
-    ({"cat/a.png": png(0), "../dog/b.png": png(0)}, {}, "outside the archive"),
-    ({"/etc/a.png": png(0), "dog/b.png": png(0)}, {}, "outside the archive"),
-    ({"cat/a.png": png(0), "cat/b.png": png(0)}, {}, "at least 2 are needed"),
-    ({f"c{i % 2}/{i}.png": png(0) for i in range(12)}, {"max_files": 10}, "limit is 10"),
-    ({"cat/a.png": png(0), "dog/b.png": b"\x89PNG\r\n\x1a\n truncated"}, {}, "could not be read"),
-    ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/c.png": png(0)}, {}, "too few in: dog"),
-    ({"a.png": png(0), "dog/b.png": png(0)}, {}, "not inside a class folder"),
-    ({"cat/a.png": png(0), "dog/b.png": b"\0" * 10_000}, {"max_unpacked": 5_000}, "unpacks to more"),
-])
+@pytest.mark.parametrize(
+    "entries, limits, reason",
+    [
+        ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/notes.txt": b"hello"}, {}, "not an image file"),
+        ({"cat/a.png": png(0), "../dog/b.png": png(0)}, {}, "outside the archive"),
+        ({"/etc/a.png": png(0), "dog/b.png": png(0)}, {}, "outside the archive"),
+        ({"cat/a.png": png(0), "cat/b.png": png(0)}, {}, "at least 2 are needed"),
+        ({f"c{i % 2}/{i}.png": png(0) for i in range(12)}, {"max_files": 10}, "limit is 10"),
+        ({"cat/a.png": png(0), "dog/b.png": b"\x89PNG\r\n\x1a\n truncated"}, {}, "could not be read"),
+        ({"cat/a.png": png(0), "cat/b.png": png(0), "dog/c.png": png(0)}, {}, "too few in: dog"),
+        ({"a.png": png(0), "dog/b.png": png(0)}, {}, "not inside a class folder"),
+        ({"cat/a.png": png(0), "dog/b.png": b"\0" * 10_000}, {"max_unpacked": 5_000}, "unpacks to more"),
+    ],
+)
 def test_bad_zips_are_refused_with_the_reason(tmp_path, entries, limits, reason):
     with pytest.raises(hub.DataError, match=reason):
         hub.load_zip(make_zip(tmp_path / "bad.zip", entries), hub.ZipLimits(**limits))

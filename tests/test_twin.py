@@ -56,9 +56,11 @@ def test_twins_start_identical_and_see_the_same_batches(small):
     assert_same_state(state_of(t.residual.model), state_of(t.plain.model))  # every parameter and BN buffer
     seen = {"residual": [], "plain": []}
     for name, session in t.twins.items():
+
         def spy(x, y, session=session, name=name):
             seen[name].append((x.clone(), y.clone()))
             return type(session).train_step(session, x, y)
+
         session.train_step = spy
     reports = t.step(3)
     assert reports["residual"]["done"] == reports["plain"]["done"] == 3 and t.step_count == 3
@@ -141,9 +143,12 @@ def test_route_gradients_add_up_to_autograd_in_float64():
 
     norms = gradient_routes(model, x, y)
     for row, (block, total, residual, shortcut) in zip(norms, routes, strict=True):
-        assert row == {"block": block, "total": pytest.approx(total.norm().item(), rel=1e-12),
-                       "residual": pytest.approx(residual.norm().item(), rel=1e-12),
-                       "shortcut": pytest.approx(shortcut.norm().item(), rel=1e-12)}
+        assert row == {
+            "block": block,
+            "total": pytest.approx(total.norm().item(), rel=1e-12),
+            "residual": pytest.approx(residual.norm().item(), rel=1e-12),
+            "shortcut": pytest.approx(shortcut.norm().item(), rel=1e-12),
+        }
     # nothing about the model changed: weights, BN statistics, mode, .grad
     assert_same_state(state_of(model), before)
     assert model.training and all(p.grad is None for p in model.parameters())
@@ -191,8 +196,17 @@ def test_lesions_leave_the_weights_alone_and_match_a_real_bypass(small):
 
 
 def test_depth_norms_follow_the_longest_path():
-    record = {"grad_norm": {"stem": 1.0, "block1.conv1": 2.0, "block1.conv2": 3.0, "block2.conv1": 4.0,
-                            "block2.conv2": 5.0, "block2.shortcut": 0.0, "fc": 6.0}}
+    record = {
+        "grad_norm": {
+            "stem": 1.0,
+            "block1.conv1": 2.0,
+            "block1.conv2": 3.0,
+            "block2.conv1": 4.0,
+            "block2.conv2": 5.0,
+            "block2.shortcut": 0.0,
+            "fc": 6.0,
+        }
+    }
     rows = layer_depth_norms(record)
     assert [r["depth"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["layer"] for r in rows] == ["stem", "block1.conv1", "block1.conv2", "block2.conv1", "block2.conv2", "fc"]
@@ -204,15 +218,17 @@ def test_twin_charts_are_valid_plotly(small):
     t.step(2)
     depth = charts.depth_figure(t.histories)
     assert [trace["x"] for trace in depth["data"]] == [list(range(1, 9))] * 2  # stem, 3 x 2 convs, fc
-    assert depth["data"][0]["y"] == [t.residual.history.steps[-1]["grad_norm"][r["layer"]]
-                                     for r in layer_depth_norms(t.residual.history.steps[-1])]
+    assert depth["data"][0]["y"] == [
+        t.residual.history.steps[-1]["grad_norm"][r["layer"]] for r in layer_depth_norms(t.residual.history.steps[-1])
+    ]
     assert depth["layout"]["yaxis"]["type"] == "log"
     routes = charts.routes_figure(t.routes)
     assert len(routes["data"]) == 6 and routes["data"][0]["x"] == [1, 2]  # 3 blocks x 2 routes, steps 1 and 2
     lesions = charts.lesion_figure(t.lesions(20))
     intact = [trace for trace in lesions["data"] if trace["line"].get("dash") == "dash"]
     assert len(intact) == 2 and intact[0]["x"] == [1, 3]
-    compare = charts.compare_figure({"8 layers, residual": t.residual.history, "8 layers, plain": t.plain.history},
-                                    "loss", "loss", window=2)
+    compare = charts.compare_figure(
+        {"8 layers, residual": t.residual.history, "8 layers, plain": t.plain.history}, "loss", "loss", window=2
+    )
     for fig in (depth, routes, lesions, compare):
         go.Figure(fig)  # plotly validates every property

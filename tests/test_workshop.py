@@ -74,11 +74,14 @@ def test_every_kind_of_upload_gets_a_prediction_or_a_clear_message(client, tmp_p
     assert status_step(client.predict(api_name="/step")) == 1  # and the session goes on
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"background": None, "layers": [], "composite": None}, None),  # the pad as the page opens: no message
-    ({"background": "white", "layers": [], "composite": None}, None),  # nothing drawn yet: no message either
-    ({"background": "white", "layers": ["drawn"], "composite": None}, None),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"background": None, "layers": [], "composite": None}, None),  # the pad as the page opens: no message
+        ({"background": "white", "layers": [], "composite": None}, None),  # nothing drawn yet: no message either
+        ({"background": "white", "layers": ["drawn"], "composite": None}, None),
+    ],
+)
 def test_sketchpad_payloads_with_and_without_a_composite(client, tmp_path, payload, message):
     white = tmp_path / "white.png"
     Image.new("RGB", (280, 280), "white").save(white)
@@ -87,8 +90,12 @@ def test_sketchpad_payloads_with_and_without_a_composite(client, tmp_path, paylo
     drawn = tmp_path / "layer.png"
     Image.fromarray(stroke).save(drawn)
     files = {"white": handle_file(str(white)), "drawn": handle_file(str(drawn))}
-    value = {"background": files.get(payload["background"]), "layers": [files[k] for k in payload["layers"]],
-             "composite": None, "id": None}
+    value = {
+        "background": files.get(payload["background"]),
+        "layers": [files[k] for k in payload["layers"]],
+        "composite": None,
+        "id": None,
+    }
     if message:
         with pytest.raises(AppError, match=message):
             client.predict(value, api_name="/predict_sketch")
