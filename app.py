@@ -9,7 +9,7 @@ import inspect
 import logging
 import os
 import tempfile
-import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -21,8 +21,9 @@ import torch
 from resnet import charts, checkpoint, hub, inference
 from resnet.data import DATASETS
 from resnet.engine import Session, TrainConfig, pick_device
+from resnet.errors import UserError
 from resnet.model import ResNetConfig, cifar_config
-from resnet.sessions import PoolFull, SessionPool
+from resnet.sessions import SessionPool
 from resnet.twin import TwinSession
 
 ASSETS = Path(__file__).parent / "assets"
@@ -31,7 +32,6 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # s
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
-CHUNK_SECONDS = 0.35  # Play's work between chart updates: short enough for > 2 updates/s and a prompt Pause
 ARCHITECTURES = {  # name -> blocks per stage of the paper's CIFAR nets (6n+2 layers); None: the notebook's net
     "notebook (0.6M parameters)": None,
     "ResNet-20": 3,
@@ -232,22 +232,33 @@ def first_session() -> Session:
 
 DEVICE = pick_device()
 # a CPU step already uses every core, so one at a time; a GPU interleaves a few learners' steps
-POOL = SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=4 if DEVICE.type == "cuda" else 1)
+# A CPU step (~0.1-1 s) already uses every core: one learner at a time, in turns of a chart update's worth of
+# steps. A GPU step is a few ms of host work: a few learners at once, one step per turn, so a Step click waits
+# behind a few steps rather than a third of a second of someone's Play.
+POOL = (
+    SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=4, turn_seconds=0.0)
+    if DEVICE.type == "cuda"
+    else SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=1, turn_seconds=0.35)
+)
 
 
 def user_errors(fn):
-    """Turn what a user can get wrong into a message in the UI; anything else is logged, never shown raw."""
+    """Turn what a user can get wrong into a message in the UI. Anything else is a bug or a library's internals:
+    logged in full with a request id, and only the id is shown, so the learner can quote it."""
 
     def explain(e: Exception):
         if isinstance(e, gr.Error):
             return e
-        if isinstance(e, (ValueError, PoolFull)):  # bad image, bad lr, unknown dataset, full workshop
+        if isinstance(e, UserError):  # bad image, setting, dataset or checkpoint; a full room
             return gr.Error(str(e))
         if isinstance(e, torch.OutOfMemoryError):
             torch.cuda.empty_cache()  # release what the failed step held; the session's weights are untouched
             return gr.Error("The accelerator ran out of memory: try a smaller batch size.")
-        log.exception("handler %s failed", fn.__name__)
-        return gr.Error("Something went wrong on the server; your session is intact, please try again.")
+        request_id = uuid.uuid4().hex[:8]
+        log.exception("request %s: handler %s failed", request_id, fn.__name__)
+        return gr.Error(
+            f"Something went wrong on the server (request {request_id}); your session is intact, please try again."
+        )
 
     if inspect.isgeneratorfunction(fn):
 
@@ -422,8 +433,10 @@ def push_model(repo_id, token, request: gr.Request):
 def configure(optimizer, lr, batch, request: gr.Request):
     session = POOL.get(request.session_hash)
     try:
+        if lr is None or batch is None:  # an emptied number box
+            raise UserError("Type a number for the learning rate and the batch size.")
         session.configure(lr=float(lr), optimizer=optimizer, batch_size=int(batch))
-    except (ValueError, TypeError) as e:
+    except UserError as e:
         gr.Warning(str(e))
         c = session.config
         return c.optimizer, c.lr, c.batch_size
@@ -443,61 +456,28 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     n = int(n or 0)
     if not 1 <= n <= 10_000:
         raise gr.Error("N must be a whole number from 1 to 10000.")
-    session = POOL.get(request.session_hash)
-    done, chunk, messages = 0, 1, []
-    while done < n:
-        progress((done, n), desc="training", unit="steps")
-        report, chunk = timed_chunk(session, min(chunk, n - done), request.session_hash)
-        done += report["done"] + report["rejected"]
+    messages = []
+    progress((0, n), desc="training", unit="steps")
+    for session, report in POOL.train(request.session_hash, steps=n):
+        progress((report["total"], n), desc="training", unit="steps")
         messages += report["messages"]
         yield view(session, last_x, {**report, "messages": messages})
 
 
-PLAYING: dict[str, object] = {}  # learner key -> the token of its running Play; Pause takes it away
-
-
-def timed_chunk(session: Session | TwinSession, chunk: int, key: str, token=None):
-    """Take `chunk` steps in one hardware slot; return the report (None if Pause took Play's token first) and
-    the chunk size that fits CHUNK_SECONDS. The token is checked under the session's lock, so once Pause holds
-    that lock no further chunk can start behind its back."""
-    with POOL.compute(key), session.lock:
-        if token is not None and PLAYING.get(key) is not token:
-            return None, chunk
-        t = time.perf_counter()
-        report = session.step(chunk)
-        seconds = time.perf_counter() - t
-    return report, max(1, min(200, int(chunk * CHUNK_SECONDS / max(seconds, 1e-3))))
-
-
-def stop_playing(key: str, session) -> None:
-    PLAYING.pop(key, None)
-    with session.lock:  # the chunk in flight, if any, ends before this returns
-        pass
-
-
 @user_errors
 def play(last_x, request: gr.Request):
-    """Train until Pause (which cancels this generator between two chunks) or PLAY_SECONDS."""
-    key = request.session_hash
-    session = POOL.get(key)
-    start, chunk = time.monotonic(), 1
-    PLAYING[key] = token = object()  # a second Play of the same learner replaces the first
-    while time.monotonic() - start < PLAY_SECONDS:
-        report, chunk = timed_chunk(session, chunk, key, token)
-        if report is None:
-            return
+    """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
+    for session, report in POOL.train(request.session_hash, seconds=PLAY_SECONDS):
         yield view(session, last_x, report)
-    PLAYING.pop(key, None)
-    gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
+        if report["end"] == "timeout":
+            gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
 
 
 @user_errors
 def pause(last_x, request: gr.Request):
-    """Play is cancelled between chunks; the chunk in flight still finishes. Wait for it (the session's lock),
-    then show where training stopped, so the page is not one chunk behind."""
-    session = POOL.get(request.session_hash)
-    stop_playing(request.session_hash, session)
-    return view(session, last_x)
+    """Ends Play or Step xN once the turn in flight is over, then shows where training stopped."""
+    POOL.stop(request.session_hash)
+    return view(POOL.get(request.session_hash), last_x)
 
 
 @user_errors
@@ -599,8 +579,6 @@ def compare(last_x, label, layer, request: gr.Request):
 
 
 def close(request: gr.Request):
-    for key in (request.session_hash, twin_key(request)):
-        PLAYING.pop(key, None)
     POOL.close(request.session_hash, twin_key(request))  # the tab is gone: free its models now, not in an hour
 
 
@@ -624,8 +602,8 @@ def twin_view(twins: TwinSession, report: dict | None = None) -> list:
         if hist.steps:
             held = f", held-out accuracy {hist.evals[-1]['acc']:.1%}" if hist.evals else ""
             lines.append(f"{name}: training loss {hist.steps[-1]['loss']:.3f}{held}")
-    for name, r in (report or {}).items():
-        lines += [f"⚠️ {name}: {m}" for m in r["messages"][-2:]]
+    for name in twins.twins if report else ():
+        lines += [f"⚠️ {name}: {m}" for m in report[name]["messages"][-2:]]
     return [
         charts.loss_figure(h, revision),
         charts.accuracy_figure(h, revision),
@@ -643,26 +621,18 @@ def twin_reset(architecture, seed, request: gr.Request):
 
 @user_errors
 def twin_play(n, request: gr.Request):
-    """n twin steps (0: until Pause), in chunks that keep the charts live."""
-    key = twin_key(request)
-    twins = POOL.get(key, new_twins)
-    n, done, chunk, start = int(n or 0), 0, 1, time.monotonic()
-    token = None
-    if n <= 0:  # Play: until Pause takes the token
-        PLAYING[key] = token = object()
-    while (done < n) if n > 0 else (time.monotonic() - start < PLAY_SECONDS):
-        report, chunk = timed_chunk(twins, min(chunk, n - done) if n > 0 else chunk, key, token)
-        if report is None:
-            return
-        done += report["residual"]["done"] + report["residual"]["rejected"]
+    """n twin steps (0: Play until Pause), streamed as the charts' updates."""
+    n = int(n or 0)
+    for twins, report in POOL.train(twin_key(request), steps=n or None, seconds=PLAY_SECONDS, make=new_twins):
         yield twin_view(twins, report)
+        if report["end"] == "timeout":
+            gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
 
 
 @user_errors
 def twin_pause(request: gr.Request):
-    twins = POOL.get(twin_key(request), new_twins)
-    stop_playing(twin_key(request), twins)
-    return twin_view(twins)
+    POOL.stop(twin_key(request))
+    return twin_view(POOL.get(twin_key(request), new_twins))
 
 
 @user_errors

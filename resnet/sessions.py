@@ -1,38 +1,84 @@
-"""Many learners on one machine: a bounded pool of training sessions and a fair share of the hardware.
+"""Many learners on one machine: a bounded pool of training sessions, a fair share of the hardware, one run each.
 
-Each browser tab gets its own `Session` (model, optimizer, history), found by a key the web server gives it.
-Sessions are freed when their tab closes or after an idle limit, and at most `max_sessions` live at once. Training
-takes a slot from `workers` (1 on a CPU, whose cores one step already uses; a few on a GPU) one chunk of steps at a
-time, so thirty learners pressing Play take turns instead of slowing each other, and nothing else waits on it.
+Each learner gets their own session (a `Session` or a `TwinSession`), found by a key the web server gives it,
+freed when they leave or after an idle limit; at most `max_sessions` live at once. Training takes one of the
+hardware's `workers` slots for a turn of steps, first come first served, and a single Step goes ahead of Play's
+turns, so a click waits behind at most the turns already running. `train()` is the one Play / Step xN loop: a
+learner has at most one run at a time, and Pause, a second Play, Reset or closing the tab ends it.
 """
 
 import ctypes
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .engine import Session
+from .errors import UserError
+
+CLICK, PLAY = 0, 1  # turn priorities: a learner's single action goes before Play's next turn
 
 
-class PoolFull(RuntimeError):
+class PoolFull(UserError):
     """No room for another session; the message is meant for the user."""
+
+
+class FairSlots:
+    """`n` hardware slots, handed over first come first served within a priority. A released slot goes straight to
+    the longest waiter, so a Play loop that releases and asks again cannot barge back in ahead of others (a
+    threading.Semaphore lets it, and one learner's Play could then starve the room)."""
+
+    def __init__(self, n: int):
+        self._free = n
+        self._waiting: list[deque] = [deque(), deque()]  # per priority: events of the threads waiting
+        self._lock = threading.Lock()
+
+    def acquire(self, priority: int = PLAY) -> None:
+        with self._lock:
+            if self._free and not any(self._waiting):
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiting[priority].append(turn)
+        turn.wait()
+
+    def release(self) -> None:
+        with self._lock:
+            for queue in self._waiting:
+                if queue:
+                    queue.popleft().set()  # the slot passes to that waiter without ever being free
+                    return
+            self._free += 1
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._waiting)
 
 
 class SessionPool:
     def __init__(
-        self, make: Callable[[], Session], max_sessions: int = 32, idle_seconds: float = 1800, workers: int = 1
+        self,
+        make: Callable,
+        max_sessions: int = 32,
+        idle_seconds: float = 1800,
+        workers: int = 1,
+        turn_seconds: float = 0.35,
+        report_seconds: float = 0.35,
     ):
-        self.make = make  # builds a fresh Session for a new learner
+        self.make = make  # builds a fresh session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
         self.idle_seconds = idle_seconds  # a session untouched this long is freed
-        self._sessions: dict[str, Session] = {}
+        self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a GPU step is ms: one step)
+        self.report_seconds = report_seconds  # training between a run's reports (chart updates, Pause checks)
+        self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
+        self._runs: dict[str, object] = {}  # key -> the token of its one running Play / Step xN
         self._lock = threading.Lock()
-        self._slots = threading.Semaphore(workers)
+        self._slots = FairSlots(workers)
 
-    def get(self, key: str, make: Callable[[], Session] | None = None) -> Session:
+    # --- seats -----------------------------------------------------------------------------------------------
+    def get(self, key: str, make: Callable | None = None):
         """This learner's session, created on first use (by `make`, else the pool's own factory)."""
         with self._lock:
             freed = self._sweep()
@@ -49,20 +95,30 @@ class SessionPool:
                 session = (make or self.make)()
             except Exception:
                 with self._lock:
-                    self._sessions.pop(key, None)
+                    if key in self._sessions and self._sessions[key] is None:
+                        del self._sessions[key]
+                        self._used.pop(key, None)
                 raise
             with self._lock:
-                if self._sessions.get(key) is None:
+                if key not in self._sessions:  # closed (or swept) while it was being built: the learner left
+                    return session  # theirs for this one request; it holds no seat
+                if self._sessions[key] is None:
                     self._sessions[key] = session
                 session = self._sessions[key]
         return session
 
-    def replace(self, key: str, session: Session) -> None:
+    def replace(self, key: str, session) -> None:
+        """Give the learner a new session (Reset, a loaded model, their own data); their running run ends first."""
+        old = self._end_run(key)
         with self._lock:
             self._sessions[key] = session
             self._used[key] = time.monotonic()
+        _wait_for_chunk(old)
 
     def close(self, *keys: str) -> None:
+        """The learner left: end their runs and free their seats now."""
+        for key in keys:
+            self._end_run(key)
         with self._lock:
             gone = [self._sessions.pop(key, None) for key in keys]
             for key in keys:
@@ -77,22 +133,30 @@ class SessionPool:
     def _sweep(self) -> bool:
         """Free the sessions left idle (the caller holds the lock); True if any was."""
         now = time.monotonic()
-        idle = [k for k, t in self._used.items() if now - t > self.idle_seconds and not self._busy.get(k)]
+        idle = [
+            k
+            for k, t in self._used.items()
+            if now - t > self.idle_seconds and not self._busy.get(k) and k not in self._runs
+        ]
         for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
         return bool(idle)
 
+    # --- the hardware ----------------------------------------------------------------------------------------
     @contextmanager
-    def compute(self, key: str | None = None):
-        """Hold one of the hardware's training slots for a chunk of steps. With `key`, that learner's session
-        counts as in use while it waits and trains (a long queue must not make it look idle) and after."""
+    def compute(self, key: str | None = None, priority: int = CLICK):
+        """Hold one of the hardware's training slots. With `key`, that learner's session counts as in use while
+        it waits and trains (a long queue must not make it look idle) and after."""
         if key is not None:
             with self._lock:
                 self._busy[key] = self._busy.get(key, 0) + 1
         try:
-            with self._slots:
+            self._slots.acquire(priority)
+            try:
                 yield
+            finally:
+                self._slots.release()
         finally:
             if key is not None:
                 with self._lock:
@@ -101,6 +165,93 @@ class SessionPool:
                         del self._busy[key]
                     if key in self._used:
                         self._used[key] = time.monotonic()
+
+    # --- runs: Play and Step xN ------------------------------------------------------------------------------
+    def train(
+        self, key: str, steps: int | None = None, seconds: float = 600, make: Callable | None = None
+    ) -> Iterator[tuple[object, dict]]:
+        """Train the learner's session `steps` steps (None: until `stop`, or `seconds` have passed), yielding
+        (session, report) every `report_seconds` and at the end. A report is `session.step`'s for the steps since
+        the last one, plus "total" (steps taken in this run) and "end": None, "done", or "timeout". A new run of
+        the same learner, `stop`, `replace` and `close` end this one before its next turn, and it never reports
+        after that: the charts of a new session are not overwritten by an old run's steps."""
+        session = self.get(key, make)
+        token = object()
+        _wait_for_chunk(self._end_run(key))  # one run per learner: a second Play replaces the first
+        with self._lock:
+            self._runs[key] = token
+        start, turn, total, pending, last_report = time.monotonic(), 1, 0, None, time.monotonic()
+        try:
+            while True:
+                if steps is not None:
+                    turn = min(turn, steps - total)
+                with self.compute(key, PLAY), session.lock:
+                    if not self._current(key, token, session):
+                        return
+                    t = time.perf_counter()
+                    report = session.step(turn)
+                    elapsed = time.perf_counter() - t
+                total += _steps_of(report)
+                pending = report if pending is None else _merge(pending, report)
+                turn = max(1, min(200, int(turn * self.turn_seconds / max(elapsed, 1e-4))))
+                end = "done" if steps is not None and total >= steps else None
+                if end is None and steps is None and time.monotonic() - start >= seconds:
+                    end = "timeout"
+                if end or time.monotonic() - last_report >= self.report_seconds:
+                    if not self._current(key, token, session):
+                        return
+                    yield session, {**pending, "total": total, "end": end}
+                    pending, last_report = None, time.monotonic()
+                if end:
+                    return
+        finally:
+            with self._lock:
+                if self._runs.get(key) is token:
+                    del self._runs[key]
+
+    def stop(self, key: str) -> None:
+        """Pause: end the learner's run; returns once its turn in flight, if any, has finished."""
+        _wait_for_chunk(self._end_run(key))
+
+    def running(self, key: str | None = None) -> int:
+        """Runs (Play, Step xN) in progress on the server, or of one learner (0 or 1)."""
+        with self._lock:
+            return len(self._runs) if key is None else int(key in self._runs)
+
+    def _end_run(self, key: str):
+        """Take the learner's run token away; returns their session, whose lock a turn in flight holds."""
+        with self._lock:
+            self._runs.pop(key, None)
+            return self._sessions.get(key)
+
+    def _current(self, key: str, token, session) -> bool:
+        with self._lock:
+            return self._runs.get(key) is token and self._sessions.get(key) is session
+
+
+def _wait_for_chunk(session) -> None:
+    if session is not None:
+        with session.lock:  # a turn holds the session's lock: once we have it, that turn is over
+            pass
+
+
+def _steps_of(report: dict) -> int:
+    """Steps a report covers, for a Session's report or a TwinSession's {"residual": ..., "plain": ...}."""
+    r = report.get("residual", report)
+    return r["done"] + r["rejected"]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Two consecutive step reports -> one, in the same shape (a TwinSession's: per twin)."""
+    if "residual" in a:
+        return {name: _merge(a[name], b[name]) for name in a}
+    return {
+        "step": b["step"],
+        "done": a["done"] + b["done"],
+        "rejected": a["rejected"] + b["rejected"],
+        "messages": a["messages"] + b["messages"],
+        "last": b["last"] if b["last"] is not None else a["last"],
+    }
 
 
 def release_memory() -> None:

@@ -194,3 +194,58 @@ def test_twins_train_side_by_side_and_lesions_chart_both(client):
     assert out[3]["data"]  # gradient routes measured at step 1
     lesions = client.predict(api_name="/lesions")
     assert lesions is not None
+
+
+def status_step(outputs) -> int:
+    return int(status_of(outputs).split("**Step ")[1].split("**")[0])
+
+
+RESET = ("shapes", "notebook (0.6M parameters)", 0, "adam", 1e-3, 64, None)  # dataset, net, seed, opt, lr, batch, x
+
+
+@pytest.mark.parametrize("how", ["reset", "twin_reset"])
+def test_reset_during_play_ends_the_old_run(client, how):
+    import app
+
+    play, reset, key = ("/play", "/reset", client.session_hash)
+    if how == "twin_reset":
+        play, reset, key = ("/twin_play", "/twin_reset", client.session_hash + ":twin")
+    job = client.submit(api_name=play)
+    next(iter(job))  # it is playing
+    assert app.POOL.running(key) == 1
+    if how == "reset":
+        client.predict(*RESET, api_name=reset)
+    else:
+        client.predict("ResNet-20", 0, api_name=reset)
+    deadline = time.monotonic() + 10
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.done() and app.POOL.running(key) == 0  # no orphan run goes on training the old session
+    if how == "reset":
+        assert status_step(client.predict(api_name="/step")) == 1
+        time.sleep(1)
+        assert status_step(client.predict(api_name="/step")) == 2  # and nothing trains the new one behind our back
+
+
+def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_shows(caplog):
+    import logging
+    import re
+
+    import gradio as gr
+
+    import app
+    from resnet.errors import UserError
+
+    @app.user_errors
+    def handler(kind):
+        if kind == "user":
+            raise UserError("The learning rate must be a number in (0, 10000].")
+        raise ValueError("Expected size 3 but got size 4 for tensor number 1 in the list")  # a library's internals
+
+    with pytest.raises(gr.Error, match="learning rate must be"):
+        handler("user")
+    with caplog.at_level(logging.ERROR, logger="playground"), pytest.raises(gr.Error) as shown:
+        handler("internal")
+    assert "tensor number" not in shown.value.message
+    request_id = re.search(r"request ([0-9a-f]{8})", shown.value.message).group(1)
+    assert request_id in caplog.text and "tensor number 1" in caplog.text  # logged in full, under the id shown

@@ -1,5 +1,6 @@
 """The session pool: seats, idle sessions freed, busy ones kept, learners never handed each other's session."""
 
+import threading
 import time
 
 import pytest
@@ -68,3 +69,123 @@ def test_a_real_session_is_gone_as_soon_as_the_pool_drops_it_without_a_garbage_c
         assert gone() is None
     finally:
         gc.enable()
+
+
+# --- seats while a session is being built -------------------------------------------------------------------------
+def test_a_learner_who_leaves_while_their_session_is_built_leaves_no_seat_behind():
+    building, release = threading.Event(), threading.Event()
+
+    def slow():
+        building.set()
+        release.wait(5)
+        return Fake()
+
+    pool = SessionPool(slow, max_sessions=1)
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.get("leaver")))
+    t.start()
+    building.wait(5)
+    pool.close("leaver")  # the tab closed while its session was being built
+    release.set()
+    t.join(5)
+    assert got and len(pool) == 0
+    assert pool.get("next", make=Fake) is not None  # the one seat is free again, not held by a ghost
+
+
+# --- runs: Play, Step xN, Pause, and what ends them ---------------------------------------------------------------
+class Stepper:
+    """A session that takes `seconds` per step: the pool calls only `lock` and `step(n)`."""
+
+    def __init__(self, seconds=0.002):
+        self.lock = threading.RLock()
+        self.seconds, self.step_count = seconds, 0
+
+    def step(self, n=1):
+        with self.lock:
+            time.sleep(self.seconds * n)
+            self.step_count += n
+            return {"step": self.step_count, "done": n, "rejected": 0, "messages": [], "last": None}
+
+
+def fast_pool(**kw) -> SessionPool:
+    return SessionPool(Stepper, max_sessions=8, turn_seconds=0.0, report_seconds=0.01, **kw)
+
+
+def test_step_n_takes_exactly_n_steps_and_reports_the_end():
+    pool = fast_pool()
+    reports = [r for _, r in pool.train("a", steps=25)]
+    assert reports[-1]["total"] == 25 and reports[-1]["end"] == "done" and pool.get("a").step_count == 25
+    assert sum(r["done"] for r in reports) == 25 and pool.running() == 0
+
+
+def test_reset_during_play_ends_the_old_run_and_it_never_reports_again():
+    pool = fast_pool()
+    old_reports, new = [], Stepper()
+    run = pool.train("a")
+    old_session, first = next(run)
+    pool.replace("a", new)  # Reset (or Load model, or Train on my zip) while playing
+    old_reports = list(run)
+    steps_then = old_session.step_count
+    time.sleep(0.05)
+    assert old_reports == [] and old_session.step_count == steps_then  # the orphan stopped at once
+    assert new.step_count == 0 and pool.running() == 0
+
+
+def test_a_second_play_replaces_the_first_and_pause_stops_step_n():
+    pool = fast_pool()
+    first = pool.train("a")
+    next(first)
+    second = pool.train("a", steps=10_000)
+    next(second)
+    assert list(first) == [] and pool.running() == 1
+    pool.stop("a")  # Pause stops Step xN too
+    assert list(second) == [] and pool.running() == 0
+
+
+def test_closing_the_tab_ends_its_run():
+    pool = fast_pool()
+    run = pool.train("a")
+    next(run)
+    pool.close("a")
+    assert list(run) == [] and pool.running() == 0 and len(pool) == 0
+
+
+def test_play_stops_by_itself_after_its_time_and_says_so():
+    pool = fast_pool()
+    reports = [r for _, r in pool.train("a", seconds=0.05)]
+    assert reports[-1]["end"] == "timeout" and pool.running() == 0
+
+
+def test_a_playing_session_is_not_swept_as_idle():
+    pool = SessionPool(lambda: Stepper(0.01), max_sessions=4, idle_seconds=0.02, turn_seconds=0.0, report_seconds=0.5)
+    run = pool.train("player")
+    session, _ = next(run)
+    time.sleep(0.05)
+    pool.get("someone else")  # a visit sweeps the idle
+    assert pool.get("player") is session
+    pool.stop("player")
+
+
+def test_a_step_click_waits_behind_at_most_one_turn_of_the_players():
+    """One slot, three learners on Play one step per turn: a Step click is served next, not after the queue."""
+    pool = SessionPool(lambda: Stepper(0.01), max_sessions=8, workers=1, turn_seconds=0.0, report_seconds=10)
+    turns: list[str] = []
+    players = [pool.get(k) for k in "abc"]
+    for s, k in zip(players, "abc"):
+        step = s.step
+        s.step = lambda n, step=step, k=k: (turns.append(k), step(n))[1]
+    threads = [threading.Thread(target=lambda k=k: list(pool.train(k, steps=40))) for k in "abc"]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # the three are taking turns
+    asked = len(turns)
+    with pool.compute("clicker"):  # a Step (CLICK priority, the default)
+        served = len(turns)
+    for k in "abc":
+        pool.stop(k)
+    for t in threads:
+        t.join(5)
+    assert served - asked <= 1, f"the click waited {served - asked} player turns"
+    # and Play shares the slot fairly: in any window of three turns, each player had one
+    window = turns[3:30]
+    assert all(len(set(window[i : i + 3])) == 3 for i in range(0, len(window) - 3, 3)), window
