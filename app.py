@@ -578,6 +578,11 @@ def compare(last_x, label, layer, request: gr.Request):
     return text, go.Figure(figure), go.Figure(bars)
 
 
+def room() -> dict:
+    """The room at a glance, for an instructor or a load test: seats taken, seats in all, training runs going."""
+    return {"seats": len(POOL), "max_seats": POOL.max_sessions, "running": POOL.running()}
+
+
 def close(request: gr.Request):
     POOL.close(request.session_hash, twin_key(request))  # the tab is gone: free its models now, not in an hour
 
@@ -822,6 +827,7 @@ def build_demo() -> gr.Blocks:
         )
         twin_pause_btn.click(twin_pause, None, twin_out, cancels=[twin_playing], api_name="twin_pause")
         lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **train)
+        gr.api(room, api_name="room", queue=False)
         demo.unload(close)
     return demo
 

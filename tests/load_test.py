@@ -4,7 +4,9 @@
 
 Without --url it starts `python app.py` itself (idle sessions freed after a few seconds, so memory can be seen to
 come back). Reports errors, p50/p95 latency of Step and Predict, the server's memory before/during/after, and
-cross-talk: a Step whose step count is not this learner's own count + 1. Last line: one JSON object.
+cross-talk: a Step whose step count is not this learner's own count + 1, and orphaned runs: the server's count of
+running Plays (its /room endpoint) above the learners playing. Learners Reset and Load a model while playing, as
+impatient learners do. Last line: one JSON object.
 """
 
 import argparse
@@ -57,12 +59,24 @@ def connect(url: str) -> Client:
     return Client(url, verbose=False, ssl_verify=TLS)  # httpx takes a context where gradio_client passes verify=
 
 
+PLAYING = [0]  # learners of this harness inside a Play action now (the server's running count may not exceed it)
+PLAYING_LOCK = threading.Lock()
+
+
+def playing(delta: int) -> None:
+    with PLAYING_LOCK:
+        PLAYING[0] += delta
+
+
 class Learner(threading.Thread):
     def __init__(self, url: str, seconds: float, seed: int):
         super().__init__(daemon=True)
         self.url, self.seconds, self.rng = url, seconds, random.Random(seed)
         self.step_ms, self.predict_ms, self.errors, self.cross_talk = [], [], [], 0
         self.previous = "start"  # the action before, to explain a cross-talk count
+
+    def reset_args(self) -> tuple:
+        return "shapes", "notebook (0.6M parameters)", self.rng.randrange(100), "adam", 0.001, 32
 
     def timed(self, bucket, *args, **kwargs):
         t = time.perf_counter()
@@ -74,16 +88,17 @@ class Learner(threading.Thread):
         try:
             self.client = connect(self.url)
             self.client.predict(api_name="/load")
-            out = self.client.predict(
-                "shapes", "notebook (0.6M parameters)", self.rng.randrange(100), "adam", 0.001, 32, api_name="/reset"
-            )
+            out = self.client.predict(*self.reset_args(), api_name="/reset")
             count = step_of(out)
+            self.model_file = self.client.predict(api_name="/download_model")  # to Load during Play
         except Exception as e:  # noqa: BLE001 -- counted and reported, like every other failure
             self.errors.append(f"start: {e}")
             return
         end = time.monotonic() + self.seconds
         while time.monotonic() < end:
-            action = self.rng.choice(["step", "step", "predict", "predict", "play", "shortcut", "lr"])
+            action = self.rng.choice(
+                ["step", "step", "predict", "predict", "play", "shortcut", "lr", "reset_in_play", "load_in_play"]
+            )
             try:
                 if action == "step":
                     now = step_of(self.timed(self.step_ms, api_name="/step"))
@@ -93,12 +108,21 @@ class Learner(threading.Thread):
                     count = now
                 elif action == "predict":
                     self.timed(self.predict_ms, handle_file(str(self.rng.choice(EXAMPLES))), api_name="/predict_image")
-                elif action == "play":
-                    job = self.client.submit(api_name="/play")
-                    while len(job.outputs()) < 2 and not job.done():  # iterating a Job polls every 1 ms
-                        time.sleep(0.05)
-                    # as the Pause button does: no chunk runs after it returns, and it shows the last one
-                    count = step_of(self.client.predict(api_name="/pause"))
+                elif action in ("play", "reset_in_play", "load_in_play"):
+                    playing(+1)
+                    try:
+                        job = self.client.submit(api_name="/play")
+                        while len(job.outputs()) < 2 and not job.done():  # iterating a Job polls every 1 ms
+                            time.sleep(0.05)
+                        if action == "play":  # Pause: no turn runs after it returns, and it shows the last one
+                            count = step_of(self.client.predict(api_name="/pause"))
+                        elif action == "reset_in_play":  # the old run must end, not train on behind the new one
+                            count = step_of(self.client.predict(*self.reset_args(), api_name="/reset"))
+                        else:
+                            out = self.client.predict(handle_file(self.model_file), "", None, api_name="/load_model")
+                            count = step_of(out)
+                    finally:
+                        playing(-1)
                 elif action == "shortcut":
                     self.client.predict(self.rng.random() < 0.5, api_name="/all_shortcuts")
                 else:
@@ -149,10 +173,15 @@ def run(sessions: int, seconds: float, url: str | None = None, idle_seconds: flo
         learners = [Learner(url, seconds, seed=i) for i in range(sessions)]
         for learner in learners:
             learner.start()
-        peak = rss_before
+        peak, orphans, room = rss_before, 0, connect(url)
         while any(learner.is_alive() for learner in learners):
             peak = max(peak, rss_mb(pid) if pid else 0.0)
+            with PLAYING_LOCK:  # a run ends on the server before the Pause, Reset or Load that ends it returns
+                in_play = PLAYING[0]
+                running = room.predict(api_name="/room")["running"]
+            orphans = max(orphans, running - in_play)
             time.sleep(0.5)
+        running_after = room.predict(api_name="/room")["running"]
         rss_after = 0.0
         if pid:
             time.sleep(idle_seconds + 2)
@@ -182,12 +211,15 @@ def run(sessions: int, seconds: float, url: str | None = None, idle_seconds: flo
         "rss_peak_mb": round(peak),
         "rss_after_mb": round(rss_after),
         "cross_talk": sum(learner.cross_talk for learner in learners),
+        "orphan_runs": orphans,  # most runs the server had beyond the learners then playing
+        "runs_after": running_after,  # runs still going once every learner stopped
     }
     print(
         f"{sessions} learners for {seconds:.0f} s: {len(step_ms)} steps, {len(predict_ms)} predictions, "
         f"{len(errors)} errors; step p50/p95 {result['p50_step_ms']}/{result['p95_step_ms']} ms, predict "
         f"p50/p95 {result['p50_predict_ms']}/{result['p95_predict_ms']} ms; memory {result['rss_one_session_mb']} "
-        f"-> peak {result['rss_peak_mb']} -> after {result['rss_after_mb']} MB"
+        f"-> peak {result['rss_peak_mb']} -> after {result['rss_after_mb']} MB; orphaned runs {orphans}, "
+        f"runs after {running_after}"
     )
     return result
 

@@ -146,6 +146,7 @@ def test_four_learners_at_once_see_only_their_own_work(app_url):
     result = load_test.run(sessions=4, seconds=12, url=app_url)
     assert result["errors"] == 0
     assert result["cross_talk"] == 0
+    assert result["orphan_runs"] <= 0 and result["runs_after"] == 0  # Reset/Load during Play leave no run behind
     assert result["steps"] > 0 and result["predictions"] > 0
     assert math.isfinite(result["p95_step_ms"])
 
