@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -22,7 +23,8 @@ from resnet import charts, checkpoint, hub, inference
 from resnet.data import DATASETS
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.errors import UserError
-from resnet.model import ResNetConfig, cifar_config
+from resnet.model import ARCHITECTURES
+from resnet.model import architecture as architecture_config
 from resnet.sessions import SessionPool
 from resnet.twin import TwinSession
 
@@ -32,12 +34,6 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # s
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
-ARCHITECTURES = {  # name -> blocks per stage of the paper's CIFAR nets (6n+2 layers); None: the notebook's net
-    "notebook (0.6M parameters)": None,
-    "ResNet-20": 3,
-    "ResNet-32": 5,
-    "ResNet-56": 9,
-}
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
 
@@ -212,9 +208,7 @@ def live_chart(elem_id: str) -> gr.HTML:
 
 
 def new_session(dataset: str = "shapes", architecture: str | None = None, seed: int = 0, data=None, **train) -> Session:
-    n = ARCHITECTURES.get(architecture)
-    config = TrainConfig(dataset=dataset, seed=seed, **train)
-    return Session(config, cifar_config(n) if n else ResNetConfig(), data=data)
+    return Session(TrainConfig(dataset=dataset, seed=seed, **train), architecture_config(architecture), data=data)
 
 
 @functools.cache
@@ -593,8 +587,7 @@ def twin_key(request: gr.Request) -> str:
 
 
 def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
-    n = ARCHITECTURES.get(architecture)
-    return TwinSession(TrainConfig(seed=seed, eval_every=25, eval_size=300), cifar_config(n) if n else ResNetConfig())
+    return TwinSession(TrainConfig(seed=seed, eval_every=25, eval_size=300), architecture_config(architecture))
 
 
 def twin_view(twins: TwinSession, report: dict | None = None) -> list:
@@ -648,188 +641,222 @@ def twin_lesions(request: gr.Request):
 
 
 def build_demo() -> gr.Blocks:
+    """The page: training controls and live charts on top, then a tab per activity."""
     gr.set_static_paths([PLOTLY_JS, ASSETS])
-    examples = sorted(str(p) for p in ASSETS.glob("examples/*.png"))
     with gr.Blocks(title="ResNet Playground") as demo:
         last_x = gr.State(None)  # the learner's latest image as the network's (1, 3, 32, 32) input
         gr.Markdown(I18N("title"))
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                with gr.Group():
-                    with gr.Row():
-                        step_btn = gr.Button(I18N("step"), variant="primary", elem_id="step", min_width=70)
-                        play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
-                        pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
-                    with gr.Row(equal_height=True):
-                        n_steps = gr.Number(
-                            50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1, min_width=70
-                        )
-                        step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
-                status = gr.Markdown(elem_id="status")
-                all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
-                blocks_on = gr.CheckboxGroup([], label=I18N("block_shortcuts"), elem_id="block_shortcuts")
-                with gr.Accordion(I18N("train"), open=True):
-                    optimizer = gr.Radio(["adam", "sgd"], value="adam", label=I18N("optimizer"))
-                    lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
-                    batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
-                    dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
-                    architecture = gr.Dropdown(
-                        list(ARCHITECTURES), value=list(ARCHITECTURES)[0], label=I18N("architecture")
-                    )
-                    seed = gr.Number(0, label=I18N("seed"), precision=0)
-                    reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
-            with gr.Column(scale=3):
-                with gr.Row():
-                    loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
-                with gr.Row():
-                    grad_chart, heat_chart = live_chart("chart-grad"), live_chart("chart-heat")
+        ui = training_panel()
         with gr.Tabs():
             with gr.Tab(I18N("predict"), id="predict"):
-                with gr.Row():
-                    with gr.Column():
-                        with gr.Tabs():
-                            with gr.Tab(I18N("draw")):
-                                # RGBA: an API caller's layers keep their transparency (RGB would turn it black)
-                                sketch = gr.Sketchpad(
-                                    value=blank_sketch(),
-                                    canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
-                                    fixed_canvas=True,
-                                    height=SKETCH_SIZE + 62,
-                                    image_mode="RGBA",
-                                    type="numpy",
-                                    layers=False,
-                                    transforms=(),
-                                    sources=(),
-                                    elem_id="sketch",
-                                    label=I18N("draw"),
-                                    brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"),
-                                    eraser=gr.Eraser(default_size=14),
-                                )
-                                clear_btn = gr.Button(I18N("clear"), size="sm")
-                            with gr.Tab(I18N("upload")):
-                                image = judged_by_us(
-                                    gr.Image(
-                                        type="filepath",
-                                        sources=("upload", "clipboard", "webcam"),
-                                        label=I18N("upload"),
-                                        elem_id="upload",
-                                        height=300,
-                                    )
-                                )
-                                if examples:
-                                    gr.Examples(examples, inputs=image, label=I18N("examples"))
-                    with gr.Column():
-                        label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
-                        # png: the grids are small greyscale images, which png encodes 3x faster than the default webp
-                        features = gr.Gallery(
-                            label=I18N("features"), columns=4, height=220, object_fit="contain", format="png"
-                        )
+                seen = predict_tab(last_x)
             with gr.Tab(I18N("teach"), id="teach"):
-                with gr.Row():
-                    true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
-                    layer = gr.Dropdown([], label=I18N("layer"))
-                with gr.Row():
-                    teach_btn = gr.Button(I18N("teach_step"), variant="primary", elem_id="teach_step")
-                    mix_btn = gr.Button(I18N("mix"))
-                    compare_btn = gr.Button(I18N("compare"), elem_id="compare")
-                teach_text = gr.Markdown()
-                with gr.Row():
-                    grad_tensor = gr.Plot(label="gradient tensor")
-                    grad_norms = gr.Plot(label="gradient norm per layer")
+                taught = teach_tab()
             with gr.Tab(I18N("data_model"), id="data"):
-                with gr.Row():
-                    with gr.Column():
-                        zip_file = gr.File(label=I18N("zip"), file_types=[".zip"], type="filepath")
-                        zip_btn = gr.Button(I18N("use_zip"), size="sm")
-                    with gr.Column():
-                        download_btn = gr.Button(I18N("download"), size="sm")
-                        model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
-                        repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
-                        load_btn = gr.Button(I18N("load"), size="sm")
-                        token = gr.Textbox(label=I18N("token"), type="password")
-                        push_btn = gr.Button(I18N("push"), size="sm")
-                        push_text = gr.Markdown()
+                own = data_tab()
             with gr.Tab(I18N("twins"), id="twins"):
-                gr.Markdown(I18N("twins_intro"))
-                with gr.Row():
-                    twin_arch = gr.Dropdown(
-                        list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"), min_width=160
-                    )
-                    twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
-                    twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
-                    twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
-                    twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
-                    twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
-                    twin_pause_btn = gr.Button(I18N("pause"), elem_id="twin_pause", min_width=80)
-                twin_status = gr.Markdown()
-                with gr.Row():
-                    twin_loss, twin_acc = live_chart("twin-loss"), live_chart("twin-acc")
-                with gr.Row():
-                    twin_depth, twin_routes = live_chart("twin-depth"), live_chart("twin-routes")
-                lesion_btn = gr.Button(I18N("lesion"), elem_id="lesion")
-                lesion_plot = gr.Plot(label=I18N("lesion"))
+                twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
                 with gr.Tabs():
                     with gr.Tab("English"):
                         gr.Markdown(LEARN_EN)
                     with gr.Tab("中文"):
                         gr.Markdown(LEARN_ZH)
-
-        train_out = [loss_chart, acc_chart, grad_chart, heat_chart, status, label]
-        setup_out = [*train_out, blocks_on, all_on, true_label, layer]
-        switch_out = [*setup_out, last_x, dataset]
-        train = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # real limit: POOL.compute()
-        demo.load(on_load, last_x, setup_out, api_name="load")
-        reset_btn.click(
-            reset, [dataset, architecture, seed, optimizer, lr, batch, last_x], switch_out, api_name="reset", **train
-        )
-        zip_btn.click(
-            use_zip,
-            [zip_file, architecture, seed, optimizer, lr, batch, last_x],
-            switch_out,
-            api_name="use_zip",
-            **train,
-        )
-        download_btn.click(download_model, None, model_file, api_name="download_model")
-        load_btn.click(load_model, [model_file, repo, last_x], switch_out, api_name="load_model", **train)
-        push_btn.click(push_model, [repo, token], [push_text, token], api_name="push_model")
-        # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
-        gr.on(
-            [optimizer.change, lr.submit, lr.blur, batch.submit, batch.blur],
-            configure,
-            [optimizer, lr, batch],
-            [optimizer, lr, batch],
-            api_name="configure",
-        )
-        step_btn.click(step, last_x, train_out, api_name="step", **train)
-        step_n_btn.click(step_n, [n_steps, last_x], train_out, api_name="step_n", **train)
-        playing = play_btn.click(play, last_x, train_out, api_name="play", **train)
-        pause_btn.click(pause, last_x, train_out, cancels=[playing], api_name="pause")
-        all_on.input(set_all_shortcuts, [all_on, last_x], [*train_out, blocks_on], api_name="all_shortcuts")
-        blocks_on.input(set_block_shortcuts, [blocks_on, last_x], [*train_out, all_on], api_name="block_shortcuts")
-        predict_out = [last_x, label, features]
-        sketch.input(
-            predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict"
-        )
-        image.change(predict, image, predict_out, api_name="predict_image", concurrency_id="predict")
-        clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
-        teach_out = [*train_out, teach_text, grad_tensor, grad_norms]
-        teach_btn.click(teach_step, [last_x, true_label, layer], teach_out, api_name="teach", **train)
-        mix_btn.click(mix, [last_x, true_label], teach_text, api_name="mix")
-        compare_btn.click(
-            compare, [last_x, true_label, layer], [teach_text, grad_tensor, grad_norms], api_name="compare", **train
-        )
-        twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
-        twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **train)
-        twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **train)
-        twin_playing = twin_play_btn.click(
-            twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play", **train
-        )
-        twin_pause_btn.click(twin_pause, None, twin_out, cancels=[twin_playing], api_name="twin_pause")
-        lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **train)
+        wire_training(demo, ui, seen, taught, own, last_x)
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
     return demo
+
+
+TRAIN = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # the real limit: POOL's hardware slots
+
+
+def training_panel() -> SimpleNamespace:
+    """Step, Play, Pause, the shortcut switches and the settings on the left; the four live charts on the right."""
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            with gr.Group():
+                with gr.Row():
+                    step_btn = gr.Button(I18N("step"), variant="primary", elem_id="step", min_width=70)
+                    play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
+                    pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
+                with gr.Row(equal_height=True):
+                    n_steps = gr.Number(
+                        50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1, min_width=70
+                    )
+                    step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
+            status = gr.Markdown(elem_id="status")
+            all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
+            blocks_on = gr.CheckboxGroup([], label=I18N("block_shortcuts"), elem_id="block_shortcuts")
+            with gr.Accordion(I18N("train"), open=True):
+                optimizer = gr.Radio(["adam", "sgd"], value="adam", label=I18N("optimizer"))
+                lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
+                batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
+                dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
+                architecture = gr.Dropdown(
+                    list(ARCHITECTURES), value=list(ARCHITECTURES)[0], label=I18N("architecture")
+                )
+                seed = gr.Number(0, label=I18N("seed"), precision=0)
+                reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
+        with gr.Column(scale=3):
+            with gr.Row():
+                loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
+            with gr.Row():
+                grad_chart, heat_chart = live_chart("chart-grad"), live_chart("chart-heat")
+    return SimpleNamespace(
+        step_btn=step_btn, play_btn=play_btn, pause_btn=pause_btn, n_steps=n_steps, step_n_btn=step_n_btn,
+        status=status, all_on=all_on, blocks_on=blocks_on, optimizer=optimizer, lr=lr, batch=batch,
+        dataset=dataset, architecture=architecture, seed=seed, reset_btn=reset_btn,
+        charts=[loss_chart, acc_chart, grad_chart, heat_chart],
+    )  # fmt: skip
+
+
+def predict_tab(last_x: gr.State) -> SimpleNamespace:
+    """Draw, upload or pick an example; see the top five classes and what each block sees."""
+    examples = sorted(str(p) for p in ASSETS.glob("examples/*.png"))
+    with gr.Row():
+        with gr.Column():
+            with gr.Tabs():
+                with gr.Tab(I18N("draw")):
+                    # RGBA: an API caller's layers keep their transparency (RGB would turn it black)
+                    sketch = gr.Sketchpad(
+                        value=blank_sketch(),
+                        canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
+                        fixed_canvas=True,
+                        height=SKETCH_SIZE + 62,
+                        image_mode="RGBA",
+                        type="numpy",
+                        layers=False,
+                        transforms=(),
+                        sources=(),
+                        elem_id="sketch",
+                        label=I18N("draw"),
+                        brush=gr.Brush(default_size=10, colors=["#000000"], color_mode="fixed"),
+                        eraser=gr.Eraser(default_size=14),
+                    )
+                    clear_btn = gr.Button(I18N("clear"), size="sm")
+                with gr.Tab(I18N("upload")):
+                    image = judged_by_us(
+                        gr.Image(
+                            type="filepath",
+                            sources=("upload", "clipboard", "webcam"),
+                            label=I18N("upload"),
+                            elem_id="upload",
+                            height=300,
+                        )
+                    )
+                    if examples:
+                        gr.Examples(examples, inputs=image, label=I18N("examples"))
+        with gr.Column():
+            label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
+            # png: the grids are small greyscale images, which png encodes 3x faster than the default webp
+            features = gr.Gallery(label=I18N("features"), columns=4, height=220, object_fit="contain", format="png")
+    predict_out = [last_x, label, features]
+    sketch.input(predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict")
+    image.change(predict, image, predict_out, api_name="predict_image", concurrency_id="predict")
+    clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
+    return SimpleNamespace(label=label)
+
+
+def teach_tab() -> SimpleNamespace:
+    """One labelled step on the learner's image, mixing it in, or its gradients with shortcuts on vs off."""
+    with gr.Row():
+        true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
+        layer = gr.Dropdown([], label=I18N("layer"))
+    with gr.Row():
+        teach_btn = gr.Button(I18N("teach_step"), variant="primary", elem_id="teach_step")
+        mix_btn = gr.Button(I18N("mix"))
+        compare_btn = gr.Button(I18N("compare"), elem_id="compare")
+    teach_text = gr.Markdown()
+    with gr.Row():
+        grad_tensor = gr.Plot(label="gradient tensor")
+        grad_norms = gr.Plot(label="gradient norm per layer")
+    return SimpleNamespace(
+        true_label=true_label, layer=layer, teach_btn=teach_btn, mix_btn=mix_btn, compare_btn=compare_btn,
+        teach_text=teach_text, grad_tensor=grad_tensor, grad_norms=grad_norms,
+    )  # fmt: skip
+
+
+def data_tab() -> SimpleNamespace:
+    """Train on a zip of class folders; download, load or push the model."""
+    with gr.Row():
+        with gr.Column():
+            zip_file = gr.File(label=I18N("zip"), file_types=[".zip"], type="filepath")
+            zip_btn = gr.Button(I18N("use_zip"), size="sm")
+        with gr.Column():
+            download_btn = gr.Button(I18N("download"), size="sm")
+            model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
+            repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
+            load_btn = gr.Button(I18N("load"), size="sm")
+            token = gr.Textbox(label=I18N("token"), type="password")
+            push_btn = gr.Button(I18N("push"), size="sm")
+            push_text = gr.Markdown()
+    download_btn.click(download_model, None, model_file, api_name="download_model")
+    push_btn.click(push_model, [repo, token], [push_text, token], api_name="push_model")
+    return SimpleNamespace(zip_file=zip_file, zip_btn=zip_btn, model_file=model_file, repo=repo, load_btn=load_btn)
+
+
+def twins_tab() -> None:
+    """A residual net and its plain twin, side by side, with its own controls and charts."""
+    gr.Markdown(I18N("twins_intro"))
+    with gr.Row():
+        twin_arch = gr.Dropdown(list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"), min_width=160)
+        twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
+        twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
+        twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
+        twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
+        twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
+        twin_pause_btn = gr.Button(I18N("pause"), elem_id="twin_pause", min_width=80)
+    twin_status = gr.Markdown()
+    with gr.Row():
+        twin_loss, twin_acc = live_chart("twin-loss"), live_chart("twin-acc")
+    with gr.Row():
+        twin_depth, twin_routes = live_chart("twin-depth"), live_chart("twin-routes")
+    lesion_btn = gr.Button(I18N("lesion"), elem_id="lesion")
+    lesion_plot = gr.Plot(label=I18N("lesion"))
+
+    twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
+    twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **TRAIN)
+    stepping = twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
+    playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play", **TRAIN)
+    twin_pause_btn.click(twin_pause, None, twin_out, cancels=[playing, stepping], api_name="twin_pause")
+    lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **TRAIN)
+
+
+def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:
+    """The events that train the learner's session: each updates the charts, the status and the prediction."""
+    train_out = [*ui.charts, ui.status, seen.label]
+    setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
+    switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
+    settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]
+    demo.load(on_load, last_x, setup_out, api_name="load")
+    ui.reset_btn.click(reset, [ui.dataset, *settings], switch_out, api_name="reset", **TRAIN)
+    own.zip_btn.click(use_zip, [own.zip_file, *settings], switch_out, api_name="use_zip", **TRAIN)
+    own.load_btn.click(load_model, [own.model_file, own.repo, last_x], switch_out, api_name="load_model", **TRAIN)
+    # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
+    gr.on(
+        [ui.optimizer.change, ui.lr.submit, ui.lr.blur, ui.batch.submit, ui.batch.blur],
+        configure,
+        [ui.optimizer, ui.lr, ui.batch],
+        [ui.optimizer, ui.lr, ui.batch],
+        api_name="configure",
+    )
+    ui.step_btn.click(step, last_x, train_out, api_name="step", **TRAIN)
+    stepping = ui.step_n_btn.click(step_n, [ui.n_steps, last_x], train_out, api_name="step_n", **TRAIN)
+    playing = ui.play_btn.click(play, last_x, train_out, api_name="play", **TRAIN)
+    ui.pause_btn.click(pause, last_x, train_out, cancels=[playing, stepping], api_name="pause")
+    ui.all_on.input(set_all_shortcuts, [ui.all_on, last_x], [*train_out, ui.blocks_on], api_name="all_shortcuts")
+    ui.blocks_on.input(set_block_shortcuts, [ui.blocks_on, last_x], [*train_out, ui.all_on], api_name="block_shortcuts")
+    teach_out = [*train_out, taught.teach_text, taught.grad_tensor, taught.grad_norms]
+    taught.teach_btn.click(teach_step, [last_x, taught.true_label, taught.layer], teach_out, api_name="teach", **TRAIN)
+    taught.mix_btn.click(mix, [last_x, taught.true_label], taught.teach_text, api_name="mix")
+    taught.compare_btn.click(
+        compare,
+        [last_x, taught.true_label, taught.layer],
+        [taught.teach_text, taught.grad_tensor, taught.grad_norms],
+        api_name="compare",
+        **TRAIN,
+    )
 
 
 def launch(demo: gr.Blocks, **kwargs):

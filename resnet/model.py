@@ -49,6 +49,20 @@ def cifar_config(n: int, width: int = 16, num_classes: int = 10) -> ResNetConfig
     return ResNetConfig(num_classes=num_classes, stem_width=w, widths=(w, 2 * w, 4 * w), blocks=(n, n, n))
 
 
+# The nets a learner picks by name: the notebook's, and the paper's CIFAR nets (6n+2 layers, n blocks per stage)
+ARCHITECTURES = {"notebook (0.6M parameters)": 0, "ResNet-20": 3, "ResNet-32": 5, "ResNet-56": 9}
+
+
+def architecture(name: str | None) -> ResNetConfig:
+    """The config of a net named in ARCHITECTURES (None: the notebook's)."""
+    if name is not None and name not in ARCHITECTURES:
+        from .errors import UserError
+
+        raise UserError(f"unknown network {name!r}; choose from {list(ARCHITECTURES)}")
+    n = ARCHITECTURES.get(name, 0)
+    return cifar_config(n) if n else ResNetConfig()
+
+
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
 
