@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 from resnet import charts, checkpoint, hub, inference
-from resnet.data import DATASETS
+from resnet.data import DATASETS, MEAN, STD
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES
@@ -64,7 +64,8 @@ I18N = gr.I18n(
         "prediction": "What the network sees",
         "features": "What each block sees",
         "teach": "Teach it your image",
-        "label": "This image is a…",
+        "true_label": "This image is a…",
+        "teach_image": "The image it will learn from",
         "teach_step": "Take one step on it (alone)",
         "mix": "Mix it into the next 20 batches",
         "compare": "Gradients: shortcut on vs off",
@@ -115,7 +116,8 @@ I18N = gr.I18n(
         "prediction": "网络的判断",
         "features": "每个残差块看到的特征图",
         "teach": "用你的图片教它",
-        "label": "这张图是…",
+        "true_label": "这张图是…",
+        "teach_image": "它将学习的图片",
         "teach_step": "用它单独训练一步",
         "mix": "混入接下来的 20 个批次",
         "compare": "梯度：连接开 vs 关",
@@ -194,6 +196,17 @@ function render() {
 render();
 watch('value', render);
 """
+
+
+def chart_row(*elem_ids: str) -> list[gr.HTML]:
+    """Live charts side by side; each in a column at least 340 px wide, so a phone (390 px) wraps them one per row
+    with room for their titles and axis labels."""
+    charts_ = []
+    with gr.Row():
+        for elem_id in elem_ids:
+            with gr.Column(min_width=340):
+                charts_.append(live_chart(elem_id))
+    return charts_
 
 
 def live_chart(elem_id: str) -> gr.HTML:
@@ -496,13 +509,19 @@ def predict(value, request: gr.Request):
     """A new image: prepare it once, keep it (as last_x) so predictions follow training, and show what each block
     sees. An untouched pad (the page's first event) just clears the outputs."""
     if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
-        return None, None, []
+        return None, None, [], None
     session = POOL.get(request.session_hash)
     x = inference.to_tensor(value, channels=session.model_config.in_channels)
     with session.lock:
         result = inference.predict(session.model, x, session.data.classes, k=5)
     gallery = [(grid, name) for name, grid in result["features"].items()]
-    return x, dict(result["top"]), gallery
+    return x, dict(result["top"]), gallery, picture(x)
+
+
+def picture(x: torch.Tensor) -> np.ndarray:
+    """The network's (1, C, 32, 32) input as the (32, 32, 3) uint8 picture it is, for the Teach tab's preview."""
+    pixels = (x[0] * STD + MEAN).clamp(0, 1).mul(255).round().byte().expand(3, -1, -1)  # (3, 32, 32)
+    return pixels.permute(1, 2, 0).numpy()
 
 
 def judged_by_us(component: gr.Image) -> gr.Image:
@@ -649,7 +668,7 @@ def build_demo() -> gr.Blocks:
         ui = training_panel()
         with gr.Tabs():
             with gr.Tab(I18N("predict"), id="predict"):
-                seen = predict_tab(last_x)
+                seen = predict_tab()
             with gr.Tab(I18N("teach"), id="teach"):
                 taught = teach_tab()
             with gr.Tab(I18N("data_model"), id="data"):
@@ -699,10 +718,8 @@ def training_panel() -> SimpleNamespace:
                 seed = gr.Number(0, label=I18N("seed"), precision=0)
                 reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
         with gr.Column(scale=3):
-            with gr.Row():
-                loss_chart, acc_chart = live_chart("chart-loss"), live_chart("chart-acc")
-            with gr.Row():
-                grad_chart, heat_chart = live_chart("chart-grad"), live_chart("chart-heat")
+            loss_chart, acc_chart = chart_row("chart-loss", "chart-acc")
+            grad_chart, heat_chart = chart_row("chart-grad", "chart-heat")
     return SimpleNamespace(
         step_btn=step_btn, play_btn=play_btn, pause_btn=pause_btn, n_steps=n_steps, step_n_btn=step_n_btn,
         status=status, all_on=all_on, blocks_on=blocks_on, optimizer=optimizer, lr=lr, batch=batch,
@@ -711,7 +728,7 @@ def training_panel() -> SimpleNamespace:
     )  # fmt: skip
 
 
-def predict_tab(last_x: gr.State) -> SimpleNamespace:
+def predict_tab() -> SimpleNamespace:
     """Draw, upload or pick an example; see the top five classes and what each block sees."""
     examples = sorted(str(p) for p in ASSETS.glob("examples/*.png"))
     with gr.Row():
@@ -751,17 +768,18 @@ def predict_tab(last_x: gr.State) -> SimpleNamespace:
             label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
             # png: the grids are small greyscale images, which png encodes 3x faster than the default webp
             features = gr.Gallery(label=I18N("features"), columns=4, height=220, object_fit="contain", format="png")
-    predict_out = [last_x, label, features]
-    sketch.input(predict, sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict")
-    image.change(predict, image, predict_out, api_name="predict_image", concurrency_id="predict")
     clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
-    return SimpleNamespace(label=label)
+    return SimpleNamespace(label=label, features=features, sketch=sketch, image=image)
 
 
 def teach_tab() -> SimpleNamespace:
     """One labelled step on the learner's image, mixing it in, or its gradients with shortcuts on vs off."""
     with gr.Row():
-        true_label = gr.Dropdown([], label=I18N("label"), elem_id="true_label")
+        # the image a step will be taken on, as the network gets it (32x32): the latest drawing or upload
+        preview = gr.Image(
+            label=I18N("teach_image"), interactive=False, height=128, width=128, elem_id="teach_image", scale=0
+        )
+        true_label = gr.Dropdown([], label=I18N("true_label"), elem_id="true_label")
         layer = gr.Dropdown([], label=I18N("layer"))
     with gr.Row():
         teach_btn = gr.Button(I18N("teach_step"), variant="primary", elem_id="teach_step")
@@ -772,8 +790,8 @@ def teach_tab() -> SimpleNamespace:
         grad_tensor = gr.Plot(label="gradient tensor")
         grad_norms = gr.Plot(label="gradient norm per layer")
     return SimpleNamespace(
-        true_label=true_label, layer=layer, teach_btn=teach_btn, mix_btn=mix_btn, compare_btn=compare_btn,
-        teach_text=teach_text, grad_tensor=grad_tensor, grad_norms=grad_norms,
+        preview=preview, true_label=true_label, layer=layer, teach_btn=teach_btn, mix_btn=mix_btn,
+        compare_btn=compare_btn, teach_text=teach_text, grad_tensor=grad_tensor, grad_norms=grad_norms,
     )  # fmt: skip
 
 
@@ -808,10 +826,8 @@ def twins_tab() -> None:
         twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
         twin_pause_btn = gr.Button(I18N("pause"), elem_id="twin_pause", min_width=80)
     twin_status = gr.Markdown()
-    with gr.Row():
-        twin_loss, twin_acc = live_chart("twin-loss"), live_chart("twin-acc")
-    with gr.Row():
-        twin_depth, twin_routes = live_chart("twin-depth"), live_chart("twin-routes")
+    twin_loss, twin_acc = chart_row("twin-loss", "twin-acc")
+    twin_depth, twin_routes = chart_row("twin-depth", "twin-routes")
     lesion_btn = gr.Button(I18N("lesion"), elem_id="lesion")
     lesion_plot = gr.Plot(label=I18N("lesion"))
 
@@ -830,6 +846,11 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
     settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]
     demo.load(on_load, last_x, setup_out, api_name="load")
+    predict_out = [last_x, seen.label, seen.features, taught.preview]
+    seen.sketch.input(
+        predict, seen.sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict"
+    )
+    seen.image.change(predict, seen.image, predict_out, api_name="predict_image", concurrency_id="predict")
     ui.reset_btn.click(reset, [ui.dataset, *settings], switch_out, api_name="reset", **TRAIN)
     own.zip_btn.click(use_zip, [own.zip_file, *settings], switch_out, api_name="use_zip", **TRAIN)
     own.load_btn.click(load_model, [own.model_file, own.repo, last_x], switch_out, api_name="load_model", **TRAIN)

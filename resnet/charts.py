@@ -79,6 +79,29 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
     return layout
 
 
+EMPTY_TEXT = "Press Step or ▶ Play"
+
+
+def _figure(data: list[dict], layout: dict) -> dict:
+    """A live chart. With nothing to draw yet it says how to start, over axes of the run to come (a first step's
+    scale), instead of Plotly's empty -1..1 with the start marker as a vertical line through it."""
+    if any(len(trace.get("x") or []) for trace in data):
+        return {"data": data, "layout": layout}
+    yaxis = layout.get("yaxis", {})
+    log = yaxis.get("type") == "log"
+    empty = {
+        **layout,
+        "shapes": [],
+        "annotations": [
+            {"text": EMPTY_TEXT, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False,
+             "font": {"size": 16, "color": "#888"}}
+        ],
+        "xaxis": {**layout.get("xaxis", {}), "range": [0, 100]},
+        "yaxis": {**yaxis, "range": yaxis.get("range", [-3, 1] if log else [0, 2.5])},  # log axes: powers of 10
+    }  # fmt: skip
+    return {"data": data, "layout": empty}
+
+
 def _runs(history) -> dict:
     """A history, or {"residual": history, "plain": history} for twins -> {label: history}."""
     return history if isinstance(history, dict) else {"": history}
@@ -116,23 +139,23 @@ def _curves(history, field: str, train_name: str, max_points: int) -> list[dict]
 
 
 def loss_figure(history, revision=0, max_points: int = 300) -> dict:
-    return {
-        "data": _curves(history, "loss", "training", max_points),
-        "layout": _layout("Loss", "cross-entropy", revision, _events(history)),
-    }
+    return _figure(
+        _curves(history, "loss", "training", max_points),
+        _layout("Loss", "cross-entropy", revision, _events(history)),
+    )
 
 
 def accuracy_figure(history, revision=0, max_points: int = 300) -> dict:
-    return {
-        "data": _curves(history, "acc", "batch", max_points),
-        "layout": _layout(
+    return _figure(
+        _curves(history, "acc", "batch", max_points),
+        _layout(
             "Accuracy",
             "fraction correct",
             revision,
             _events(history),
             yaxis={"title": {"text": "fraction correct"}, "range": [0, 1.02]},
         ),
-    }
+    )
 
 
 def positive(v: float) -> float | None:
@@ -159,9 +182,9 @@ def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
                 }
             )
     # a legend of 57 layers (ResNet-56) would crowd out the plot: deep nets name their lines on hover only
-    return {
-        "data": data,
-        "layout": _layout(
+    return _figure(
+        data,
+        _layout(
             "Gradient norm per layer (dark: near the input)",
             "‖∂loss/∂W‖",
             revision,
@@ -170,7 +193,7 @@ def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
             labels=False,
             showlegend=len(names) <= 12,
         ),
-    }
+    )
 
 
 def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
@@ -191,10 +214,10 @@ def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
         }
     ]
     title = "Gradient norm heatmap" + (f" ({label})" if label else "")
-    return {
-        "data": data,
-        "layout": _layout(title, "", revision, _events(history), labels=False, yaxis={"automargin": True}),
-    }
+    return _figure(
+        data,
+        _layout(title, "", revision, _events(history), labels=False, yaxis={"automargin": True}),
+    )
 
 
 def _events(history) -> list[dict]:
@@ -309,16 +332,16 @@ def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
                 "line": {"color": _twin_colour(label, k), "dash": TWIN_DASH.get(label, "solid")},
             }
         )
-    return {
-        "data": data,
-        "layout": _layout(
+    return _figure(
+        data,
+        _layout(
             "Gradient norm vs depth",
             "‖∂loss/∂W‖",
             revision,
             log=True,
             xaxis={"title": {"text": "layer (1 = stem, input side)"}},
         ),
-    }
+    )
 
 
 def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict:
@@ -343,12 +366,10 @@ def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict
                     "line": {"color": colours[str(b)], "width": 1.5, "dash": dash},
                 }
             )
-    return {
-        "data": data,
-        "layout": _layout(
-            "Gradient into each block: shortcut vs residual branch", "‖∂loss/∂x‖ per route", revision, log=True
-        ),
-    }
+    return _figure(
+        data,
+        _layout("Gradient into each block: shortcut vs residual branch", "‖∂loss/∂x‖ per route", revision, log=True),
+    )
 
 
 def lesion_figure(lesions: dict[str, list[dict]], revision=0) -> dict:

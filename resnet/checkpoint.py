@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 
+from .errors import UserError
 from .model import ResNet, ResNetConfig
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint we cannot use; the message is meant for the user."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 MEAN, STD = 0.5, 0.25  # one normalisation for every dataset, so a drawing needs no per-dataset statistics
 
 
@@ -211,7 +213,7 @@ def register(name: str, builder: Callable[[], Dataset]) -> None:
 def load_dataset(name: str = "shapes", device="cpu") -> Dataset:
     """The dataset called name on device, built on first use and then shared: never write into its tensors."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     device = str(torch.empty(0, device=device).device)  # "cuda" -> "cuda:0": one key per real device
     with _LOCK:
         if (name, "cpu") not in _CACHE:

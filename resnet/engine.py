@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset, augment, load_dataset, normalize
+from .errors import UserError
 from .model import ResNet, ResNetConfig
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Session:
     def _make_optimizer(self):
         c = self.config
         if c.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {c.optimizer!r}; choose from {list(OPTIMIZERS)}")
+            raise UserError(f"unknown optimizer {c.optimizer!r}; choose from {list(OPTIMIZERS)}")
         check_lr(c.lr)
         params = self.model.parameters()
         # foreach: one kernel per op for all parameters instead of one per parameter
@@ -408,9 +409,9 @@ class Session:
 
 def check_lr(lr: float) -> None:
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1e4:
-        raise ValueError(f"learning rate must be a number in (0, 10000]; got {lr!r}")
+        raise UserError(f"learning rate must be a number in (0, 10000]; got {lr!r}")
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
     if int(batch_size) != batch_size or not 1 <= batch_size <= min(n_train, 4096):
-        raise ValueError(f"batch size must be a whole number from 1 to {min(n_train, 4096)}; got {batch_size!r}")
+        raise UserError(f"batch size must be a whole number from 1 to {min(n_train, 4096)}; got {batch_size!r}")

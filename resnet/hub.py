@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm  # comes with huggingface-hub; the app shows it as a progress bar (gr.Progress(track_tqdm))
 
 from .data import Dataset, register
+from .errors import UserError
 
 CACHE = Path(os.environ.get("PLAYGROUND_CACHE", Path.home() / ".cache" / "resnet-playground"))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -59,7 +60,7 @@ HUB_DATASETS = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset we cannot load; the message is meant for the user."""
 
 

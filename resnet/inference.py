@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from .data import normalize
+from .errors import UserError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 1 kB PNG can claim to be 30000x30000 (a decompression bomb)
 EMPTY = "The drawing is empty: draw a shape first."
@@ -20,7 +21,7 @@ WHITE = (255, 255, 255)
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises on bytes that are no (whole) image
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """A user image we cannot use; the message is shown to the user as is."""
 
 

@@ -66,8 +66,11 @@ def test_switching_shortcuts_is_live_and_marked_on_the_charts(client):
 
 
 def test_predict_an_image_file_and_a_sketchpad_drawing(client, tmp_path):
-    label, gallery = client.predict(handle_file(str(ASSETS / "examples" / "star.png")), api_name="/predict_image")
+    star = handle_file(str(ASSETS / "examples" / "star.png"))
+    label, gallery, preview = client.predict(star, api_name="/predict_image")
     assert len(label["confidences"]) == 5 and label["label"]
+    # the Teach tab shows the very picture a step would learn from: the 32x32 input, not the upload
+    assert Image.open(preview).size == (32, 32)
     assert sum(c["confidence"] for c in label["confidences"]) <= 1.0001
     assert [caption for _, caption in [(g["image"], g["caption"]) for g in gallery]][:2] == ["stem", "block1"]
 
@@ -76,7 +79,7 @@ def test_predict_an_image_file_and_a_sketchpad_drawing(client, tmp_path):
     path = tmp_path / "drawing.png"
     Image.fromarray(pad).save(path)
     payload = {"background": handle_file(str(path)), "layers": [], "composite": handle_file(str(path)), "id": None}
-    label, _ = client.predict(payload, api_name="/predict_sketch")
+    label, _, _ = client.predict(payload, api_name="/predict_sketch")
     assert len(label["confidences"]) == 5
 
 
@@ -249,3 +252,13 @@ def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_
     assert "tensor number" not in shown.value.message
     request_id = re.search(r"request ([0-9a-f]{8})", shown.value.message).group(1)
     assert request_id in caplog.text and "tensor number 1" in caplog.text  # logged in full, under the id shown
+
+
+def test_charts_at_step_0_say_how_to_start_and_stop_saying_it_after_a_step(client):
+    fresh = client.predict(*RESET, api_name="/reset")
+    for figure in fresh[:4]:  # loss, accuracy, gradient norms, heatmap
+        texts = [a["text"] for a in figure["layout"]["annotations"]]
+        assert "Press Step or ▶ Play" in texts and figure["layout"]["xaxis"]["range"] == [0, 100]
+    stepped = client.predict(api_name="/step")
+    for figure in stepped[:4]:
+        assert "Press Step or ▶ Play" not in [a["text"] for a in figure["layout"]["annotations"]]

@@ -66,7 +66,7 @@ def test_every_kind_of_upload_gets_a_prediction_or_a_clear_message(client, tmp_p
     path = tmp_path / "upload.png"
     path.write_bytes(content)
     if message is None:
-        label, _ = client.predict(handle_file(str(path)), api_name="/predict_image")
+        label, _, _ = client.predict(handle_file(str(path)), api_name="/predict_image")
         assert len(label["confidences"]) == 5
     else:
         with pytest.raises(AppError, match=message):
@@ -100,7 +100,7 @@ def test_sketchpad_payloads_with_and_without_a_composite(client, tmp_path, paylo
         with pytest.raises(AppError, match=message):
             client.predict(value, api_name="/predict_sketch")
     else:
-        label, _ = client.predict(value, api_name="/predict_sketch")
+        label, _, _ = client.predict(value, api_name="/predict_sketch")
         assert bool(label) == bool(payload["layers"])  # an untouched pad: an empty label, no error
 
 
