@@ -886,7 +886,9 @@ def launch(demo: gr.Blocks, **kwargs):
     # app does not enable: with a room of learners that is CPU and GIL taken from their requests. Every 1,000th.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     demo.queue(default_concurrency_limit=8)
-    return demo.launch(i18n=I18N, max_file_size="10mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs)
+    return demo.launch(
+        i18n=I18N, max_file_size=f"{hub.MAX_UPLOAD_MB}mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs
+    )
 
 
 def warm_up() -> None:

@@ -1,6 +1,7 @@
 """Training speed, measured in one run on one device: `python -m resnet.bench [--quick]`.
 
-Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam) on the same batches; against it, the
+Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam, batches drawn with randint, no
+augmentation) on the same data; against it, the
 session's `step()` with telemetry on and off, and the ceiling: the model's convolutions alone, forward and backward,
 at the device's speed for them. Runs are interleaved round by round and each figure is the median round, because
 two processes (or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.

@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 
 from .errors import UserError
-from .model import ResNet, ResNetConfig
+from .model import ResNet, ResNetConfig, private_rng
 
 
 class CheckpointError(UserError):
@@ -32,7 +32,8 @@ class HubResNet(ResNet, PyTorchModelHubMixin, library_name="resnet-playground", 
 
 def to_hub(model: ResNet, classes, dataset: str = "") -> HubResNet:
     """A CPU copy of a live model that knows how to save or push itself, with its classes and switches."""
-    hub = HubResNet(model.config.to_dict(), list(classes), model.shortcuts, dataset)
+    with private_rng():  # its random init is overwritten at once; it must not draw from a seeded learner's RNG
+        hub = HubResNet(model.config.to_dict(), list(classes), model.shortcuts, dataset)
     hub.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return hub
 
@@ -46,7 +47,8 @@ def save(model: ResNet, directory: str | Path, classes, dataset: str = "") -> Pa
 def load(source: str | Path, device="cpu", token: str | None = None) -> HubResNet:
     """Load from a local directory or a Hub repo id, strictly; returns the model in eval mode."""
     try:
-        model = HubResNet.from_pretrained(str(source), strict=True, map_location=str(device), token=token)
+        with private_rng():  # builds a randomly initialised net first, then loads the weights over it
+            model = HubResNet.from_pretrained(str(source), strict=True, map_location=str(device), token=token)
     except (RuntimeError, TypeError, KeyError) as e:
         # RuntimeError: missing/unexpected/mis-shaped tensors; TypeError/KeyError: a config.json of another kind
         raise CheckpointError(f"{source} is not a checkpoint of this app's ResNet: {str(e).splitlines()[0]}") from e

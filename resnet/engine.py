@@ -16,15 +16,14 @@ import torch.nn.functional as F
 
 from .data import Dataset, augment, load_dataset, normalize
 from .errors import UserError
-from .model import ResNet, ResNetConfig
+from .model import ResNet, ResNetConfig, private_rng
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd")
 # a step that moves any layer by more than this many times its own weights has diverged, finite or not
 # (Adam at lr=1e3 keeps the loss finite thanks to BN, yet replaces every weight); lr 0.1 Adam stays below it.
-# Checked with telemetry on, which computes the update sizes.
+# Checked at every step, telemetry on or off.
 MAX_UPDATE_RATIO = 10.0
-_init_lock = threading.Lock()  # model init reads the global RNG: one session at a time
 
 
 @dataclass
@@ -127,8 +126,7 @@ class Session:
                 self.config = replace(self.config, seed=int(seed))
             if model_config is not None:
                 self.model_config = replace(model_config, num_classes=len(self.data.classes))
-            with _init_lock, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed)
+            with private_rng(self.config.seed):
                 model = ResNet(self.model_config)
             self.model = model.to(self.device, memory_format=self.memory_format)
             self.forward = torch.compile(self.model) if self.config.compile else self.model
@@ -266,13 +264,21 @@ class Session:
         k = len(self.weights)
         parts = [loss.detach().reshape(1), (logits.argmax(1) == y).float().mean().reshape(1)]
         parts += torch._foreach_norm(grads)
+        # the divergence guard needs each layer's update/weight ratio, telemetry or not; telemetry only decides
+        # whether all of them come back to be recorded, or just their max
+        weight_norms = torch._foreach_norm(self._saved[:k])  # the weights the step started from
+        update_norms = torch._foreach_norm(torch._foreach_sub([w.detach() for w in self.weights], self._saved[:k]))
         if self.config.telemetry:
-            parts += torch._foreach_norm(self._saved[:k])  # the weights the step started from
-            parts += torch._foreach_norm(torch._foreach_sub([w.detach() for w in self.weights], self._saved[:k]))
+            parts += weight_norms + update_norms
+        else:
+            parts.append((torch.stack(update_norms) / torch.stack(weight_norms).clamp_min(1e-12)).max())
         stats = torch.stack([p.float().reshape(()) for p in parts]).cpu().tolist()
 
         loss_value, acc = stats[0], stats[1]
-        ratios = [u / max(w, 1e-12) for u, w in zip(stats[2 + 2 * k :], stats[2 + k : 2 + 2 * k])]
+        if self.config.telemetry:
+            ratios = [u / max(w, 1e-12) for u, w in zip(stats[2 + 2 * k :], stats[2 + k : 2 + 2 * k])]
+        else:
+            ratios = stats[2 + k :]  # [their max]
         reason = None
         if not all(math.isfinite(v) for v in stats):
             reason = f"{'loss' if not math.isfinite(loss_value) else 'gradients or weights'} not finite"

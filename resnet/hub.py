@@ -115,9 +115,12 @@ def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
     return Dataset(name=name, classes=spec.classes, **tensors)
 
 
+MAX_UPLOAD_MB = 10  # the largest file a learner may upload (the app's max_file_size): zips, checkpoints, images
+
+
 @dataclass(frozen=True)
 class ZipLimits:
-    max_bytes: int = 50_000_000  # size of the uploaded archive
+    max_bytes: int = MAX_UPLOAD_MB * 1_000_000  # size of the uploaded archive
     max_files: int = 5_000  # entries in it
     max_unpacked: int = 200_000_000  # bytes once decompressed (a zip bomb is small packed)
     min_per_class: int = 2  # images per class: one to learn from and one held out

@@ -7,6 +7,8 @@ config is the course notebook's network (602,698 parameters); `stages`/`blocks` 
 CIFAR nets (6n+2 layers) for plain-vs-residual comparisons.
 """
 
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -63,6 +65,20 @@ def architecture(name: str | None) -> ResNetConfig:
     return cifar_config(n) if n else ResNetConfig()
 
 
+_init_lock = threading.Lock()
+
+
+@contextmanager
+def private_rng(seed: int | None = None):
+    """Random initialisation that leaves torch's global RNG as it was: another learner's seeded Reset may be
+    drawing from it at the same moment, and "same seed, same run" must hold. One at a time: fork_rng saves and
+    restores the global state, which two threads would interleave."""
+    with _init_lock, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
 
@@ -95,8 +111,8 @@ class Block(nn.Module):
         self.shortcut_on = True  # a plain attribute: switching it never touches the weights
 
     def forward(self, x):
-        # in place on tensors made here (BN's backward needs its input, not its output): fresh tensors cost a
-        # CPU page faults on every step
+        # in place, on tensors this block made (BN's backward needs its input, not its output, so nothing autograd
+        # saved is overwritten): fresh tensors would cost the CPU page faults on every step
         out = self.residual(x)
         if self.shortcut_on:
             out += self.shortcut(x)

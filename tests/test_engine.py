@@ -201,3 +201,13 @@ def test_out_of_memory_fails_the_step_restores_it_and_training_goes_on(monkeypat
     assert_same_state(state_of(s), before)
     monkeypatch.setattr(s, "forward", real)
     assert s.step(1)["done"] == 1 and s.step_count == 2
+
+
+@pytest.mark.parametrize("telemetry", [True, False])
+def test_a_divergent_step_is_rejected_with_or_without_telemetry(telemetry, one_thread):
+    # the guard is part of the algorithm, not of what is recorded: without telemetry it must still hold
+    s = Session(TrainConfig(lr=1e3, batch_size=8, eval_every=0, telemetry=telemetry, precision="fp32"))
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    report = s.step(3)
+    assert report["rejected"] == 3 and report["done"] == 0 and "rejected" in report["messages"][0]
+    assert all(torch.equal(before[k], v) for k, v in s.model.state_dict().items())
