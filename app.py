@@ -8,6 +8,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -30,6 +31,7 @@ from resnet.twin import TwinSession
 
 ASSETS = Path(__file__).parent / "assets"
 PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1500 --save assets/shapes-resnet`
+DOWNLOADS = Path(tempfile.gettempdir()) / "resnet-playground"  # learners' model downloads, a folder each
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: works offline
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
@@ -399,23 +401,30 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
 @user_errors
 def download_model(request: gr.Request):
     session = POOL.get(request.session_hash)
+    folder = downloads(request)  # one per learner, overwritten by the next download, deleted when they leave
     with session.lock:
         directory = checkpoint.save(
-            session.model, Path(tempfile.mkdtemp()) / "resnet-playground", session.data.classes, session.config.dataset
+            session.model, folder / "resnet-playground", session.data.classes, session.config.dataset
         )
     return str(checkpoint.pack(directory))
+
+
+def downloads(request: gr.Request) -> Path:
+    folder = DOWNLOADS / "".join(c for c in request.session_hash if c.isalnum() or c == "-")[:64]  # never a path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @user_errors
 def load_model(upload, repo_id, last_x, request: gr.Request):
     if upload:
-        source = checkpoint.unpack(upload, tempfile.mkdtemp())
+        model = checkpoint.load_upload(upload)  # read in memory: nothing extracted, no folder left behind
     elif repo_id and repo_id.strip():
-        source = repo_id.strip()
+        model = checkpoint.load_repo(repo_id)  # an id, never a path on this server; sizes checked first
     else:
         raise gr.Error("Upload a checkpoint zip (from Download) or type a Hub repo id.")
     session = POOL.get(request.session_hash)
-    fresh = checkpoint.session_from(checkpoint.load(source), session.config)
+    fresh = checkpoint.session_from(model, session.config)
     return switch_to(fresh, session, last_x, request)
 
 
@@ -597,7 +606,8 @@ def room() -> dict:
 
 
 def close(request: gr.Request):
-    POOL.close(request.session_hash, twin_key(request))  # the tab is gone: free its models now, not in an hour
+    POOL.close(request.session_hash, twin_key(request))
+    shutil.rmtree(downloads(request), ignore_errors=True)  # the tab is gone: free its models now, not in an hour
 
 
 # --- residual vs plain ------------------------------------------------------------------------------------------

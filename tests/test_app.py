@@ -5,6 +5,7 @@ Each Client is its own session, so these also check that learners don't see each
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -150,8 +151,18 @@ def test_download_a_model_and_load_it_back(client, tmp_path):
 
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
         z.writestr("star.png", (ASSETS / "examples" / "star.png").read_bytes())
-    with pytest.raises(AppError, match="exactly model.safetensors and config.json"):
+    with pytest.raises(AppError, match="exactly config.json and model.safetensors"):
         client.predict(handle_file(str(tmp_path / "other.zip")), "", api_name="/load_model")
+
+
+def test_a_learners_downloads_are_deleted_when_they_leave(client):
+    import app
+
+    client.predict(api_name="/download_model")
+    folder = app.DOWNLOADS / client.session_hash
+    assert any(p.suffix == ".zip" for p in folder.iterdir())
+    app.close(SimpleNamespace(session_hash=client.session_hash))  # what the tab's unload event calls
+    assert not folder.exists()
 
 
 def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):

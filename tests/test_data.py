@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from resnet import data
 from resnet.data import augment, load_dataset, make_shapes, normalize
+from resnet.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_normalize_maps_0_and_255_to_minus_and_plus_2():
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown dataset 'nope'; choose from \[.*'shapes'"):
+    with pytest.raises(UserError, match=r"unknown dataset 'nope'; choose from \[.*'shapes'"):
         load_dataset("nope")
 
 

@@ -13,7 +13,10 @@ import torch
 from PIL import Image
 
 from resnet import checkpoint, hub
+from resnet.data import normalize
 from resnet.engine import Session, TrainConfig
+from resnet.errors import UserError
+from resnet.inference import to_tensor
 from resnet.model import ResNet, ResNetConfig
 
 
@@ -101,9 +104,49 @@ def test_bad_zips_are_refused_with_the_reason(tmp_path, entries, limits, reason)
         hub.load_zip(make_zip(tmp_path / "bad.zip", entries), hub.ZipLimits(**limits))
 
 
+def rgba_photo(width, height, seed, fmt="PNG") -> bytes:
+    """A non-square picture with a half-transparent stripe and fully transparent corners (RGB for JPEG)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    a[..., 3] = 255
+    a[: height // 3, :, 3] = 128  # half see-through: what lies under it shows
+    a[:4, :4, 3] = 0  # transparent: stored black, shown as the page behind it
+    img = Image.fromarray(a)
+    buf = io.BytesIO()
+    (img.convert("RGB") if fmt == "JPEG" else img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_zips_images_train_on_exactly_the_pixels_predict_gives_the_same_files(tmp_path):
+    # one pipeline: a learner's own picture, predicted, must be what the net was trained on. Non-square and
+    # transparent, larger and smaller than 32 px, a JPEG big enough for draft decoding: each way they could differ
+    files = {
+        "cat/wide.png": rgba_photo(90, 40, 0),
+        "cat/small.png": rgba_photo(20, 12, 1),
+        "dog/tall.png": rgba_photo(33, 70, 2),
+        "dog/photo.jpg": rgba_photo(400, 300, 3, "JPEG"),
+    }
+    data = hub.load_zip(make_zip(tmp_path / "mine.zip", files))
+    # each class's first image is held out (n_test = 1 of 2), the second trains
+    for name, x in zip(files, (data.test_x[0], data.train_x[0], data.test_x[1], data.train_x[1])):
+        torch.testing.assert_close(normalize(x[None]), to_tensor(files[name]), rtol=0, atol=0, msg=name)
+
+
+def test_zips_up_to_the_apps_upload_cap_are_accepted(tmp_path):
+    # the app caps uploads at f"{MAX_UPLOAD_MB}mb", which gradio counts in units of 2**20 bytes
+    entries = {f"{c}/{i}.png": png(i) for c in ("cat", "dog") for i in range(2)}
+    entries["__MACOSX/padding"] = b"\0" * (hub.MAX_UPLOAD_MB * 2**20 - 20_000)  # stored: the zip is that big
+    path = make_zip(tmp_path / "big.zip", entries)
+    assert hub.MAX_UPLOAD_MB * 1_000_000 < path.stat().st_size <= hub.MAX_UPLOAD_MB * 2**20
+    assert hub.load_zip(path).classes == ("cat", "dog")
+    entries["__MACOSX/padding"] += b"\0" * 40_000
+    with pytest.raises(hub.DataError, match=f"the limit is {hub.MAX_UPLOAD_MB} MB"):
+        hub.load_zip(make_zip(tmp_path / "big.zip", entries))
+
+
 def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"PK but not really")
-    with pytest.raises(hub.DataError, match="not a zip"):
+    with pytest.raises(UserError, match="not a zip"):  # a UserError: the app shows the learner this message
         hub.load_zip(tmp_path / "x.zip")
 
 

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from resnet import inference
 from resnet.data import normalize
+from resnet.errors import UserError
 from resnet.inference import ImageError, feature_grid, predict, to_image, to_tensor
 from resnet.model import ResNet
 
@@ -203,7 +204,7 @@ def test_huge_arrays_are_refused(monkeypatch):
     ids=["truncated-png", "junk", "empty-bytes", "none", "0-size", "5-channels", "url", "missing", "url-dict", "int"],
 )
 def test_unusable_values_raise_image_error(value):
-    with pytest.raises(ImageError):
+    with pytest.raises(UserError):  # an ImageError is one: the app shows its message to the learner
         to_tensor(value)
 
 
