@@ -33,8 +33,11 @@ ASSETS = Path(__file__).parent / "assets"
 PRETRAINED = ASSETS / "shapes-resnet"  # made by `python -m resnet train --steps 1500 --save assets/shapes-resnet`
 DOWNLOADS = Path(tempfile.gettempdir()) / "resnet-playground"  # learners' model downloads, a folder each
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: works offline
-MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 32))  # learners at once; the next one is asked to wait
+# learners training at once (a visitor who only looks or predicts takes no seat); the next one is asked to wait.
+# A GPU serves a room of 100 at step granularity; 2 CPU cores answer 30, slowly (README: the load test)
+MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.is_available() else 32))
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
+RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
@@ -302,7 +305,12 @@ def status_text(session: Session, report: dict | None = None) -> str:
         lines.append(f"training loss {last['loss']:.3f}, batch accuracy {last['acc']:.0%}")
     if h.evals:
         lines.append(f"held-out accuracy {h.evals[-1]['acc']:.1%} at step {h.evals[-1]['step']}")
-    if s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
+    if session is visitor():
+        lines.append(
+            "This is the shipped trained model, shared by every visitor: Step, Play or a shortcut switch gives you "
+            "your own copy to train; Reset, one from random weights."
+        )
+    elif s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
         lines.append("Started from a trained model: press Reset to train from random weights.")
     for message in (report or {}).get("messages", [])[-3:]:
         lines.append(f"⚠️ {message}")
@@ -332,9 +340,37 @@ def block_choices(session: Session) -> list[str]:
 
 
 # --- handlers ---------------------------------------------------------------------------------------------------
+LEARNERS: dict[str, str] = {}  # a page's connection -> its browser's learner key (the same after a reload)
+
+
+def learner(request: gr.Request) -> str:
+    """The key of the learner behind a request: their browser's (kept in its local storage, so a reload finds
+    their run again), or the connection's for a client that has no browser (the API)."""
+    return LEARNERS.get(request.session_hash, request.session_hash)
+
+
+def adopt(browser_key, request: gr.Request) -> str:
+    """The page's first event: tie this connection to its browser's learner key, making one the first time."""
+    key = browser_key if isinstance(browser_key, str) and len(browser_key) == 32 and browser_key.isalnum() else None
+    key = key or uuid.uuid4().hex
+    LEARNERS[request.session_hash] = key
+    return key
+
+
+@functools.cache
+def visitor() -> Session:
+    """What a page shows before its learner trains: the shipped model, shared by every visitor and never trained.
+    Looking and predicting take no seat; the first training action makes the learner a session of their own."""
+    return first_session()
+
+
+def own_or_shared(request: gr.Request) -> Session:
+    return POOL.peek(learner(request)) or visitor()
+
+
 @user_errors
 def on_load(last_x, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = own_or_shared(request)
     blocks = block_choices(session)
     on = [b for b, s in zip(blocks, session.shortcuts) if s]
     return [
@@ -358,7 +394,7 @@ def reset(
     request: gr.Request,
     progress=gr.Progress(track_tqdm=True),  # noqa: B008 -- shows a Hub download's progress
 ):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
     batch = min(int(batch), len(own.train_y)) if own else int(batch)  # a small zip may hold fewer images
     fresh = new_session(
@@ -368,7 +404,7 @@ def reset(
 
 
 def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
-    POOL.replace(request.session_hash, fresh)
+    POOL.replace(learner(request), fresh)
     if fresh.data.classes != old.data.classes:
         last_x = None  # a picture means nothing to a net with other classes
     return [*on_load(last_x, request), last_x, gr.update(choices=dataset_choices(fresh), value=fresh.config.dataset)]
@@ -384,7 +420,7 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
     if not path:
         raise gr.Error("Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).")
     data = hub.load_zip(path)
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     fresh = new_session(
         data.name,
         architecture,
@@ -400,7 +436,7 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
 
 @user_errors
 def download_model(request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     folder = downloads(request)  # one per learner, overwritten by the next download, deleted when they leave
     with session.lock:
         directory = checkpoint.save(
@@ -410,7 +446,7 @@ def download_model(request: gr.Request):
 
 
 def downloads(request: gr.Request) -> Path:
-    folder = DOWNLOADS / "".join(c for c in request.session_hash if c.isalnum() or c == "-")[:64]  # never a path
+    folder = DOWNLOADS / "".join(c for c in learner(request) if c.isalnum() or c == "-")[:64]  # never a path
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -423,7 +459,7 @@ def load_model(upload, repo_id, last_x, request: gr.Request):
         model = checkpoint.load_repo(repo_id)  # an id, never a path on this server; sizes checked first
     else:
         raise gr.Error("Upload a checkpoint zip (from Download) or type a Hub repo id.")
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     fresh = checkpoint.session_from(model, session.config)
     return switch_to(fresh, session, last_x, request)
 
@@ -433,7 +469,7 @@ def push_model(repo_id, token, request: gr.Request):
     """The token is used for this one call: not stored, not logged, not in any state."""
     if not (repo_id and repo_id.strip() and token and token.strip()):
         raise gr.Error("Type your repo id (you/name) and a write token from huggingface.co/settings/tokens.")
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     with session.lock:
         model = checkpoint.to_hub(session.model, session.data.classes, session.config.dataset)
     try:
@@ -447,7 +483,7 @@ def push_model(repo_id, token, request: gr.Request):
 
 @user_errors
 def configure(optimizer, lr, batch, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     try:
         if lr is None or batch is None:  # an emptied number box
             raise UserError("Type a number for the learning rate and the batch size.")
@@ -461,8 +497,8 @@ def configure(optimizer, lr, batch, request: gr.Request):
 
 @user_errors
 def step(last_x, request: gr.Request):
-    session = POOL.get(request.session_hash)
-    with POOL.compute(request.session_hash):
+    session = POOL.get(learner(request))
+    with POOL.compute(learner(request)):
         report = session.step(1)
     return view(session, last_x, report)
 
@@ -474,7 +510,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
         raise gr.Error("N must be a whole number from 1 to 10000.")
     messages = []
     progress((0, n), desc="training", unit="steps")
-    for session, report in POOL.train(request.session_hash, steps=n):
+    for session, report in POOL.train(learner(request), steps=n):
         progress((report["total"], n), desc="training", unit="steps")
         messages += report["messages"]
         yield view(session, last_x, {**report, "messages": messages})
@@ -483,7 +519,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
 @user_errors
 def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
-    for session, report in POOL.train(request.session_hash, seconds=PLAY_SECONDS):
+    for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
         yield view(session, last_x, report)
         if report["end"] == "timeout":
             gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
@@ -492,13 +528,13 @@ def play(last_x, request: gr.Request):
 @user_errors
 def pause(last_x, request: gr.Request):
     """Ends Play or Step xN once the turn in flight is over, then shows where training stopped."""
-    POOL.stop(request.session_hash)
-    return view(POOL.get(request.session_hash), last_x)
+    POOL.stop(learner(request))
+    return view(own_or_shared(request), last_x)
 
 
 @user_errors
 def set_all_shortcuts(on, last_x, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     session.set_shortcut(bool(on))
     blocks = block_choices(session)
     return [*view(session, last_x), blocks if on else []]
@@ -506,7 +542,7 @@ def set_all_shortcuts(on, last_x, request: gr.Request):
 
 @user_errors
 def set_block_shortcuts(selected, last_x, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     with session.lock:
         for i, name in enumerate(block_choices(session), 1):
             session.set_shortcut(name in (selected or []), i)
@@ -519,7 +555,7 @@ def predict(value, request: gr.Request):
     sees. An untouched pad (the page's first event) just clears the outputs."""
     if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
         return None, None, [], None
-    session = POOL.get(request.session_hash)
+    session = own_or_shared(request)
     x = inference.to_tensor(value, channels=session.model_config.in_channels)
     with session.lock:
         result = inference.predict(session.model, x, session.data.classes, k=5)
@@ -563,9 +599,9 @@ def labelled(session: Session, last_x, label):
 
 @user_errors
 def teach_step(last_x, label, layer, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     x, y = labelled(session, last_x, label)
-    with POOL.compute(request.session_hash):
+    with POOL.compute(learner(request)):
         record = session.teach(x, y)
     if "rejected" in record:
         raise gr.Error(record["rejected"])
@@ -580,7 +616,7 @@ def teach_step(last_x, label, layer, request: gr.Request):
 
 @user_errors
 def mix(last_x, label, request: gr.Request):
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     x, y = labelled(session, last_x, label)
     session.mix_in(x, y, steps=20)
     return f"Your **{label}** will be in each of the next 20 training batches: press Step ×N or Play."
@@ -589,10 +625,10 @@ def mix(last_x, label, request: gr.Request):
 @user_errors
 def compare(last_x, label, layer, request: gr.Request):
     """The same image, weights and label, with every shortcut on and then off: no step is taken."""
-    session = POOL.get(request.session_hash)
+    session = POOL.get(learner(request))
     x, y = labelled(session, last_x, label)
     n = len(session.shortcuts)
-    with POOL.compute(request.session_hash):
+    with POOL.compute(learner(request)):
         on, off = session.gradients(x, y, [True] * n), session.gradients(x, y, [False] * n)
     text = f"Loss with shortcuts on: {on['loss']:.4f} · off: {off['loss']:.4f} (no step taken)."
     figure = charts.gradient_tensor_figure([on["grads"], off["grads"]], layer)
@@ -606,13 +642,16 @@ def room() -> dict:
 
 
 def close(request: gr.Request):
-    POOL.close(request.session_hash, twin_key(request))
-    shutil.rmtree(downloads(request), ignore_errors=True)  # the tab is gone: free its models now, not in an hour
+    """The page is gone, or reloading: its runs end now, its seats are freed unless it is back within a grace."""
+    for key in (learner(request), twin_key(request)):
+        POOL.leave(key, RELOAD_GRACE_SECONDS)
+    shutil.rmtree(downloads(request), ignore_errors=True)
+    LEARNERS.pop(request.session_hash, None)  # the tab is gone: free its models now, not in an hour
 
 
 # --- residual vs plain ------------------------------------------------------------------------------------------
 def twin_key(request: gr.Request) -> str:
-    return request.session_hash + ":twin"  # a learner's twins take a seat of their own in the same pool
+    return learner(request) + ":twin"  # a learner's twins take a seat of their own in the same pool
 
 
 def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
@@ -855,7 +894,11 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
     settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]
-    demo.load(on_load, last_x, setup_out, api_name="load")
+    # a browser's page first ties itself to its learner key (kept across reloads), then shows that learner's run;
+    # an API client calls /load alone and is keyed by its connection
+    browser_key = gr.BrowserState("", storage_key="resnet-playground-learner")
+    adopted = demo.load(adopt, browser_key, browser_key, api_visibility="private")
+    adopted.then(on_load, last_x, setup_out, api_name="load")
     predict_out = [last_x, seen.label, seen.features, taught.preview]
     seen.sketch.input(
         predict, seen.sketch, predict_out, api_name="predict_sketch", concurrency_limit=4, concurrency_id="predict"
@@ -895,7 +938,9 @@ def launch(demo: gr.Blocks, **kwargs):
     # gradio rebuilds a pandas summary of up to 10,000 past events after every event, for a monitoring page this
     # app does not enable: with a room of learners that is CPU and GIL taken from their requests. Every 1,000th.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
-    demo.queue(default_concurrency_limit=8)
+    # a queue as long as the room can use, and a thread for each seat's streaming run plus the page's other events
+    demo.queue(default_concurrency_limit=8, max_size=4 * POOL.max_sessions)
+    kwargs.setdefault("max_threads", POOL.max_sessions + 16)
     return demo.launch(
         i18n=I18N, max_file_size=f"{hub.MAX_UPLOAD_MB}mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs
     )

@@ -107,6 +107,19 @@ class SessionPool:
                 session = self._sessions[key]
         return session
 
+    def peek(self, key: str):
+        """This learner's session if they have one, else None: looking takes no seat."""
+        with self._lock:
+            return self._sessions.get(key)
+
+    def leave(self, key: str, grace_seconds: float) -> None:
+        """The learner's page is gone (closed, or being reloaded): end their run, and free their seat unless they
+        are back within `grace_seconds` (a reload finds its run again)."""
+        self._end_run(key)
+        with self._lock:
+            if key in self._used:
+                self._used[key] = min(self._used[key], time.monotonic() - self.idle_seconds + grace_seconds)
+
     def replace(self, key: str, session) -> None:
         """Give the learner a new session (Reset, a loaded model, their own data); their running run ends first."""
         old = self._end_run(key)

@@ -1,9 +1,14 @@
 """Shared fixtures: one launched app for the tests that talk to it over HTTP (gradio_client) or drive it in a browser,
 a learner on it, and single-threaded torch for tests of tiny tensors."""
 
+import os
 import socket
 
 import pytest
+
+# one server hosts every test's learners, and a learner who leaves keeps their seat for a reload's grace: seat
+# them all (the full-room test sets its own limit)
+os.environ.setdefault("PLAYGROUND_MAX_SESSIONS", "200")
 import torch
 
 

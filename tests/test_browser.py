@@ -219,3 +219,16 @@ def test_chinese_labels(browser, app_url):
         )
     finally:
         context.close()
+
+
+def test_a_reload_keeps_the_learners_run(page: Page):
+    wait_for_step(page, 0, LOAD_MS)
+    expect(page.locator("#status")).to_contain_text("shared by every visitor")  # looking took no seat
+    page.click("#step")
+    wait_for_step(page, 1)
+    page.click("#step")
+    wait_for_step(page, 2)
+    page.reload(wait_until="domcontentloaded", timeout=LOAD_MS)
+    wait_for_step(page, 2, LOAD_MS)  # the same browser finds its run again, not a fresh one
+    page.click("#step")
+    wait_for_step(page, 3)

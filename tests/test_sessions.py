@@ -189,3 +189,16 @@ def test_a_step_click_waits_behind_at_most_one_turn_of_the_players():
     # and Play shares the slot fairly: in any window of three turns, each player had one
     window = turns[3:30]
     assert all(len(set(window[i : i + 3])) == 3 for i in range(0, len(window) - 3, 3)), window
+
+
+def test_looking_takes_no_seat_and_a_learner_who_leaves_is_freed_after_the_grace_unless_back():
+    pool = SessionPool(Fake, max_sessions=2, idle_seconds=60)
+    assert pool.peek("visitor") is None and len(pool) == 0
+    kept = pool.get("reloads")
+    pool.get("leaves")
+    pool.leave("reloads", grace_seconds=0.05)
+    pool.leave("leaves", grace_seconds=0.05)
+    assert pool.get("reloads") is kept  # back within the grace: the same run
+    time.sleep(0.1)
+    pool.get("reloads")  # a visit sweeps
+    assert pool.peek("leaves") is None and pool.peek("reloads") is kept

@@ -21,6 +21,7 @@ import app
 from tests import load_test
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.png"))
 
 
 def image_bytes(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -136,10 +137,23 @@ def test_assets_are_served(app_url):
 
 def test_a_full_room_says_so_and_others_carry_on(client, app_url, monkeypatch):
     # no seat for anyone new (not len(POOL): a closing browser tab may free one meanwhile); those seated stay
+    client.predict(api_name="/step")  # the client fixture only looked: its first step takes its seat
     monkeypatch.setattr(app.POOL, "max_sessions", 0)
+    newcomer = Client(app_url, verbose=False)
+    newcomer.predict(api_name="/load")  # looking needs no seat
+    label, _, _ = newcomer.predict(handle_file(str(EXAMPLES[0])), api_name="/predict_image")  # nor predicting
+    assert label["label"]
     with pytest.raises(AppError, match="seats are taken"):
-        Client(app_url, verbose=False).predict(api_name="/load")
-    assert status_step(client.predict(api_name="/step")) == 1
+        newcomer.predict(api_name="/step")  # training does
+    assert status_step(client.predict(api_name="/step")) == 2
+
+
+def test_forty_page_views_take_no_seat(app_url):
+    seated = len(app.POOL)
+    for _ in range(40):
+        out = Client(app_url, verbose=False).predict(api_name="/load")
+        assert "shared by every visitor" in out[4]
+    assert len(app.POOL) <= seated  # (a tab from another test may have left meanwhile)
 
 
 def test_four_learners_at_once_see_only_their_own_work(app_url):
