@@ -941,6 +941,8 @@ def launch(demo: gr.Blocks, **kwargs):
     # a queue as long as the room can use, and a thread for each seat's streaming run plus the page's other events
     demo.queue(default_concurrency_limit=8, max_size=4 * POOL.max_sessions)
     kwargs.setdefault("max_threads", POOL.max_sessions + 16)
+    # run_history off: gradio would keep every call's inputs in the browser, the Hub token of a push included
+    kwargs.setdefault("run_history", False)
     return demo.launch(
         i18n=I18N, max_file_size=f"{hub.MAX_UPLOAD_MB}mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs
     )

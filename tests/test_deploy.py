@@ -27,3 +27,30 @@ def test_every_binary_file_in_the_repo_goes_through_lfs():
     attrs = subprocess.run(["git", "check-attr", "filter", "--", *binary], cwd=ROOT, capture_output=True, text=True)
     uncovered = [line.split(":")[0] for line in attrs.stdout.splitlines() if not line.endswith(": filter: lfs")]
     assert uncovered == [], f"binary files the Hub would refuse: add them to .gitattributes: {uncovered}"
+
+
+def front_matter() -> dict[str, str | list[str]]:
+    """The README's YAML front matter (flat keys and lists only, as the Space's config uses), read without a YAML
+    library: no dependency for one block."""
+    head = (ROOT / "README.md").read_text().split("---\n")[1]
+    out, key = {}, None
+    for line in head.splitlines():
+        if line.startswith("  - "):
+            out[key].append(line[4:].strip())
+        else:
+            key, _, value = line.partition(":")
+            out[key] = value.strip().strip('"') or []
+    return out
+
+
+def test_the_space_front_matter_is_complete_and_names_the_datasets_the_app_reads():
+    from resnet.hub import HUB_DATASETS
+
+    meta = front_matter()
+    for field in ("title", "sdk", "sdk_version", "app_file", "short_description", "license", "suggested_hardware"):
+        assert meta.get(field), f"front matter lacks {field}"
+    assert len(meta["short_description"]) <= 60  # the Hub's limit
+    assert meta["tags"] and sorted(meta["datasets"]) == sorted(spec.repo for spec in HUB_DATASETS.values())
+    import gradio
+
+    assert meta["sdk_version"] == gradio.__version__  # the Space runs the gradio the tests ran

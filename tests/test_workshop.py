@@ -175,3 +175,10 @@ def test_learners_start_from_one_read_of_the_shipped_model_but_never_share_its_w
     assert not torch.equal(a_weights["stem.conv.weight"], b_weights["stem.conv.weight"])  # a trained, b did not
     assert all(torch.equal(b_weights[k], before[k]) for k in before)  # b still starts where the shipped model is
     assert all(torch.equal(shipped.state_dict()[k], before[k]) for k in before)  # and the shipped copy is untouched
+
+
+def test_no_input_is_recorded_in_the_browsers_run_history(app_url):
+    # gradio's run history keeps each call's inputs in the browser: push_model's token would be among them
+    config = json.loads(urllib.request.urlopen(app_url + "config", timeout=30).read())
+    assert config["run_history"] is False
+    assert "runs" not in config.get("footer_links", [])
