@@ -20,7 +20,7 @@ import plotly
 import plotly.graph_objects as go
 import torch
 
-from resnet import charts, checkpoint, hub, inference
+from resnet import charts, checkpoint, hub, inference, runlog
 from resnet.data import DATASETS, MEAN, STD
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.errors import UserError
@@ -82,6 +82,8 @@ I18N = gr.I18n(
         "zip": "A .zip of class folders (cat/…, dog/…)",
         "use_zip": "Train on my zip",
         "download": "Download model",
+        "download_run": "Download my run (CSV)",
+        "run_file": "Your run: loss, accuracy, gradient norms, events per step",
         "model_file": "Model file (.zip)",
         "repo": "Hugging Face repo id",
         "load": "Load model (file or repo)",
@@ -134,6 +136,8 @@ I18N = gr.I18n(
         "zip": "按类别分文件夹的 .zip（cat/…, dog/…）",
         "use_zip": "用我的 zip 训练",
         "download": "下载模型",
+        "download_run": "下载我的训练记录（CSV）",
+        "run_file": "你的训练记录：每一步的损失、准确率、梯度范数和事件",
         "model_file": "模型文件（.zip）",
         "repo": "Hugging Face 仓库 ID",
         "load": "加载模型（文件或仓库）",
@@ -443,6 +447,14 @@ def download_model(request: gr.Request):
             session.model, folder / "resnet-playground", session.data.classes, session.config.dataset
         )
     return str(checkpoint.pack(directory))
+
+
+@user_errors
+def download_run(request: gr.Request):
+    """The learner's run as CSV (a row per step: loss, accuracy, every layer's gradient norm, events)."""
+    path = downloads(request) / "resnet-playground-run.csv"
+    path.write_text(runlog.history_csv(own_or_shared(request).history))
+    return str(path)
 
 
 def downloads(request: gr.Request) -> Path:
@@ -853,12 +865,15 @@ def data_tab() -> SimpleNamespace:
         with gr.Column():
             download_btn = gr.Button(I18N("download"), size="sm")
             model_file = gr.File(label=I18N("model_file"), file_types=[".zip"], type="filepath")
+            run_btn = gr.Button(I18N("download_run"), size="sm")
+            run_file = gr.File(label=I18N("run_file"), interactive=False)
             repo = gr.Textbox(label=I18N("repo"), placeholder="you/resnet-playground")
             load_btn = gr.Button(I18N("load"), size="sm")
             token = gr.Textbox(label=I18N("token"), type="password")
             push_btn = gr.Button(I18N("push"), size="sm")
             push_text = gr.Markdown()
     download_btn.click(download_model, None, model_file, api_name="download_model")
+    run_btn.click(download_run, None, run_file, api_name="download_run")
     push_btn.click(push_model, [repo, token], [push_text, token], api_name="push_model")
     return SimpleNamespace(zip_file=zip_file, zip_btn=zip_btn, model_file=model_file, repo=repo, load_btn=load_btn)
 

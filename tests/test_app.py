@@ -273,3 +273,14 @@ def test_charts_at_step_0_say_how_to_start_and_stop_saying_it_after_a_step(clien
     stepped = client.predict(api_name="/step")
     for figure in stepped[:4]:
         assert "Press Step or ▶ Play" not in [a["text"] for a in figure["layout"]["annotations"]]
+
+
+def test_a_learner_takes_their_run_away_as_csv(client):
+    import csv
+
+    client.predict(api_name="/step")
+    client.predict(False, api_name="/all_shortcuts")
+    client.predict(api_name="/step")
+    rows = list(csv.DictReader(open(client.predict(api_name="/download_run"))))
+    assert [r["step"] for r in rows] == ["0", "1", "2"] and "shortcut off" in rows[2]["events"]
+    assert "checkpoint" in rows[0]["events"]  # where the run began: the shipped trained model
