@@ -1,13 +1,13 @@
 """Real pictures: CIFAR-10, MNIST and Fashion-MNIST from the Hugging Face Hub, and a learner's own zip of folders.
 
 Hub sets come as parquet files (an image column of encoded PNG bytes, a label column); they are downloaded with
-`huggingface_hub` into its cache, decoded once into a uint8 tensor file, and loaded from that afterwards. Grayscale
-sets are padded to 32x32 and repeated to 3 channels, so every model and drawing works with every dataset.
+`huggingface_hub` into its cache, decoded once into a uint8 tensor file, and loaded from that afterwards. Every
+image, Hub or zip, becomes 32x32 RGB through inference.to_square, the path a prediction takes: grayscale repeated to 3
+channels (every model and drawing works with every dataset), MNIST's 28x28 padded, larger images letterboxed.
 A zip is read in memory (never extracted), so a hostile archive name cannot write anywhere.
 """
 
 import functools
-import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm  # comes with huggingface-hub; the app shows it as a progress bar (gr.Progress(track_tqdm))
 
 from .data import Dataset, register
 from .errors import UserError
+from .inference import ImageError, to_square
 
 CACHE = Path(os.environ.get("PLAYGROUND_CACHE", Path.home() / ".cache" / "resnet-playground"))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -64,19 +64,6 @@ class DataError(UserError):
     """A dataset we cannot load; the message is meant for the user."""
 
 
-def to_pixels(img: Image.Image, size: int = 32) -> np.ndarray:
-    """Any decoded image -> (size, size, 3) uint8: grayscale repeated, smaller images padded, larger resized."""
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        if max(img.size) <= size:  # MNIST's 28x28: pad with its own background rather than blur it up
-            canvas = Image.new("RGB", (size, size), img.getpixel((0, 0)))
-            canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
-            img = canvas
-        else:
-            img = img.resize((size, size), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
-
 def decode_parquet(path: str | Path, image_column: str) -> tuple[torch.Tensor, ...]:
     """A parquet file of encoded images and labels -> (N, 3, 32, 32) uint8 and (N,) int64 tensors."""
     import pyarrow.parquet as pq  # only needed for Hub datasets
@@ -85,7 +72,7 @@ def decode_parquet(path: str | Path, image_column: str) -> tuple[torch.Tensor, .
     images, labels = table.column(image_column).to_pylist(), table.column("label").to_pylist()
     out = np.empty((len(images), 32, 32, 3), np.uint8)
     for i, cell in enumerate(tqdm(images, desc=f"decoding {Path(path).name}", unit="img", mininterval=0.5)):
-        out[i] = to_pixels(Image.open(io.BytesIO(cell["bytes"])))
+        out[i] = np.asarray(to_square(cell["bytes"]))
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
 
 
@@ -116,13 +103,14 @@ def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
 
 
 MAX_UPLOAD_MB = 10  # the largest file a learner may upload (the app's max_file_size): zips, checkpoints, images
+MB = 2**20  # bytes in the app's "mb": gradio counts max_file_size="10mb" as 10 * 2**20 bytes
 
 
 @dataclass(frozen=True)
 class ZipLimits:
-    max_bytes: int = MAX_UPLOAD_MB * 1_000_000  # size of the uploaded archive
+    max_bytes: int = MAX_UPLOAD_MB * MB  # size of the uploaded archive: any zip the app lets through
     max_files: int = 5_000  # entries in it
-    max_unpacked: int = 200_000_000  # bytes once decompressed (a zip bomb is small packed)
+    max_unpacked: int = 200 * MB  # bytes once decompressed (a zip bomb is small packed)
     min_per_class: int = 2  # images per class: one to learn from and one held out
 
 
@@ -130,7 +118,7 @@ def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float 
     """A zip of class folders (cat/1.png, dog/x.jpg, ...) -> a Dataset; anything odd is refused with the reason."""
     path = Path(path)
     if path.stat().st_size > limits.max_bytes:
-        raise DataError(f"The zip is {path.stat().st_size / 1e6:.0f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB.")
+        raise DataError(f"The zip is {path.stat().st_size / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB.")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -140,7 +128,7 @@ def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float 
         if len(entries) > limits.max_files:
             raise DataError(f"The zip holds {len(entries)} files; the limit is {limits.max_files}.")
         if sum(e.file_size for e in entries) > limits.max_unpacked:
-            raise DataError(f"The zip unpacks to more than {limits.max_unpacked / 1e6:.0f} MB.")
+            raise DataError(f"The zip unpacks to more than {limits.max_unpacked / MB:.0f} MB.")
         by_class: dict[str, list[np.ndarray]] = {}
         for e in entries:
             parts = e.filename.replace("\\", "/").split("/")
@@ -153,11 +141,9 @@ def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float 
             if len(parts) < 2:
                 raise DataError(f"{e.filename!r} is not inside a class folder (expected e.g. cat/{parts[-1]}).")
             try:
-                img = Image.open(io.BytesIO(archive.read(e)))
-                img.draft("RGB", (64, 64))  # JPEGs decode at a fraction of their size
-                pixels = to_pixels(img)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                raise DataError(f"{e.filename!r} could not be read as an image ({err}).") from err
+                pixels = np.asarray(to_square(archive.read(e)))  # (32, 32, 3) uint8, exactly as predict sees it
+            except ImageError as err:
+                raise DataError(f"{e.filename!r} could not be read as an image. {err}") from err
             by_class.setdefault(parts[-2], []).append(pixels)
     if len(by_class) < 2:
         raise DataError(f"Found {len(by_class)} class folder(s); at least 2 are needed to learn anything.")

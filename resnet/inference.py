@@ -1,6 +1,7 @@
 """Any image a user gives (an upload in an odd mode or size, a file, a Sketchpad drawing) -> the (1, C, 32, 32)
-tensor the net was trained on, normalised by data.normalize; predict() adds the top classes and a picture of what
-each block hands on. Every problem with the image is an ImageError whose message the app can show as is.
+tensor the net was trained on, normalised by data.normalize: to_square is also how hub.py makes training images.
+predict() adds the top classes and a picture of what each block hands on. Every problem with the image is an
+ImageError whose message the app can show as is.
 """
 
 import io
@@ -30,13 +31,24 @@ def to_image(value) -> Image.Image:
     return _load(value)[0]
 
 
-def to_tensor(value, size: int = 32, channels: int = 3) -> torch.Tensor:
-    """(1, channels, size, size) float32, squared, resized and normalised exactly like the training images."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
+def to_square(value, size: int = 32) -> Image.Image:
+    """The size x size RGB picture the net sees of anything to_image takes, before normalisation. The one way in
+    for every image: hub.py makes the training data (zips, Hub sets) with it, so a file predicted is what it
+    would have been trained as. Photos are padded to a square, drawings cropped to their strokes."""
     img, drawing = _load(value, draft=4 * size)
     img = _frame_drawing(img, size) if drawing else _pad_square(img, size)
-    img = img.resize((size, size), Image.LANCZOS)  # antialiased: plain nearest would alias a photo into noise
+    if img.size != (size, size):
+        # antialiased: nearest would alias a photo into noise. PIL, not torchvision.transforms.v2: v2's resize and
+        # pad of a PIL image call these same PIL functions (same speed, measured), and on tensors v2 has no LANCZOS
+        img = img.resize((size, size), Image.LANCZOS)
+    return img
+
+
+def to_tensor(value, size: int = 32, channels: int = 3) -> torch.Tensor:
+    """(1, channels, size, size) float32: to_square's picture, normalised exactly like the training images."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    img = to_square(value, size)
     if channels == 1:
         img = img.convert("L")  # for grayscale-trained models
     x = torch.from_numpy(np.array(img)).reshape(size, size, channels).permute(2, 0, 1)  # (C, size, size) uint8
@@ -78,6 +90,7 @@ def feature_grid(fmap: torch.Tensor, n: int = 16, tile: int = 48) -> np.ndarray:
     m, h, w = f.shape
     s = max(1, math.ceil(tile / min(h, w)))  # nearest upscale: an 8x8 map becomes visible 6x6-pixel squares
     f = f.repeat(s, axis=1).repeat(s, axis=2)  # (m, h*s, w*s)
+    # tiled by hand: torchvision.utils.make_grid gives the same picture 2x slower (3 channels, an op per tile)
     cols = math.ceil(math.sqrt(m))
     rows = math.ceil(m / cols)
     th, tw = h * s + 1, w * s + 1  # a tile plus its gap
@@ -195,9 +208,12 @@ def _strokes(a: np.ndarray, bg: np.ndarray) -> np.ndarray:
 
 
 def _pad_square(img: Image.Image, size: int) -> Image.Image:
-    """Shrink (cheaply) to <= 8*size, then pad to a square in the border colour: keeps the aspect ratio."""
+    """Shrink (cheaply) to <= 8*size, then pad to a square of side >= size in the border colour: the aspect ratio
+    is kept, and an image no larger than size (MNIST's 28x28) sits centred at its own scale instead of blurred up."""
     img.thumbnail((8 * size, 8 * size), Image.LANCZOS)  # first: padding a 6000x4000 photo to 6000^2 is slow
-    side = max(img.size)
+    side = max(size, *img.size)
+    if img.size == (side, side):
+        return img
     square = Image.new("RGB", (side, side), tuple(int(c) for c in _border_colour(np.asarray(img))))
     square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
     return square

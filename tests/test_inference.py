@@ -248,6 +248,16 @@ def test_thin_strokes_on_a_big_canvas_survive_the_downscale():
     assert img[14:18, 14:18].min() >= 250  # the inside stays empty: thickening did not fill the shape
 
 
+def test_an_image_no_larger_than_the_input_is_centred_at_its_own_scale_not_blurred_up():
+    # as the Hub's MNIST digits are trained: a 28x28 digit predicted must be those same 784 pixels, 2 px of border
+    digit = np.random.default_rng(2).integers(0, 256, (28, 28), dtype=np.uint8)
+    digit[[0, -1]] = digit[:, [0, -1]] = 7  # its border colour, which the padding continues
+    x = to_tensor(encode(Image.fromarray(digit)))
+    expected = torch.full((32, 32), 7, dtype=torch.uint8)
+    expected[2:30, 2:30] = torch.from_numpy(digit)
+    torch.testing.assert_close(x, normalize(expected.expand(1, 3, 32, 32)), rtol=0, atol=0)
+
+
 def test_photos_are_not_cropped():
     photo = np.full((100, 100, 3), 255, np.uint8)
     photo[5:15, 5:15] = 0  # a small dark square in a corner stays small and in the corner
