@@ -4,6 +4,7 @@ UI only: every number comes from the `resnet` package; the handlers here find th
 and lay out what it returns. `python app.py` serves it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured).
 """
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -152,6 +153,77 @@ I18N = gr.I18n(
     },
 )
 
+SAY = {  # what the server writes at run time, in both languages (the static labels are in I18N)
+    "en": {
+        "oom": "The accelerator ran out of memory: try a smaller batch size.",
+        "bug": "Something went wrong on the server (request {id}); your session is intact, please try again.",
+        "status": "**Step {step}** · {device} ({precision}) · {depth} layers, {params:,} parameters · "
+        "shortcuts on: {on}/{blocks}",
+        "train": "training loss {loss:.3f}, batch accuracy {acc:.0%}",
+        "held_out": "held-out accuracy {acc:.1%} at step {step}",
+        "visitor": "This is the shipped trained model, shared by every visitor: Step, Play or a shortcut switch "
+        "gives you your own copy to train; Reset, one from random weights.",
+        "pretrained": "Started from a trained model: press Reset to train from random weights.",
+        "block": "block {i}",
+        "no_zip": "Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).",
+        "zip_ok": "{train} training and {test} held-out images in {classes} classes.",
+        "no_model": "Upload a checkpoint zip (from Download) or type a Hub repo id.",
+        "no_push": "Type your repo id (you/name) and a write token from huggingface.co/settings/tokens.",
+        "pushed": "Pushed to {url}",
+        "numbers": "Type a number for the learning rate and the batch size.",
+        "bad_n": "N must be a whole number from 1 to 10000.",
+        "timeout": "Paused after {minutes:.0f} minutes of play; press Play to go on.",
+        "no_image": "Draw or upload an image first (Predict tab).",
+        "no_label": "Choose the class this image shows.",
+        "taught": "Step {step} on your image alone, labelled **{label}**: loss {loss:.4f} "
+        "(the notebook's one step on its one input, class 3, gave 2.2598).",
+        "mixed": "Your **{label}** will be in each of the next 20 training batches: press Step ×N or Play.",
+        "compared": "Loss with shortcuts on: {on:.4f} · off: {off:.4f} (no step taken).",
+        "twin_status": "**Step {step}** · {depth} layers, residual vs plain, same initial weights, same batches",
+        "twin_line": "{name}: training loss {loss:.3f}{held}",
+        "twin_held": ", held-out accuracy {acc:.1%}",
+        "residual": "residual",
+        "plain": "plain",
+        "this_step": "this step",
+        "on": "shortcuts on",
+        "off": "shortcuts off",
+    },
+    "zh": {
+        "oom": "加速器内存不足：请减小批大小。",
+        "bug": "服务器出错了（请求编号 {id}）；你的训练没有受影响，请再试一次。",
+        "status": "**第 {step} 步** · {device}（{precision}）· {depth} 层，{params:,} 个参数 · "
+        "开启的残差连接：{on}/{blocks}",
+        "train": "训练损失 {loss:.3f}，批准确率 {acc:.0%}",
+        "held_out": "留出集准确率 {acc:.1%}（第 {step} 步）",
+        "visitor": "这是随应用提供的已训练模型，所有访客共用：单步、播放或开关残差连接会给你一份自己的副本来训练；"
+        "重置则从随机权重开始。",
+        "pretrained": "从已训练的模型开始：按“重置”从随机权重开始训练。",
+        "block": "残差块 {i}",
+        "no_zip": "请先选择一个按类别分文件夹的 .zip（例如 cat/1.png、dog/2.jpg）。",
+        "zip_ok": "共 {classes} 类：{train} 张训练图片，{test} 张留出图片。",
+        "no_model": "请上传一个模型 zip（来自“下载模型”），或输入一个 Hub 仓库 ID。",
+        "no_push": "请输入你的仓库 ID（你/名称）和一个写入令牌（huggingface.co/settings/tokens）。",
+        "pushed": "已推送到 {url}",
+        "numbers": "请为学习率和批大小输入数字。",
+        "bad_n": "N 必须是 1 到 10000 之间的整数。",
+        "timeout": "已连续播放 {minutes:.0f} 分钟，自动暂停；按“播放”继续。",
+        "no_image": "请先画一个图形或上传一张图片（“预测”标签页）。",
+        "no_label": "请选择这张图片所属的类别。",
+        "taught": "只用你的图片（标注为 **{label}**）训练了一步，即第 {step} 步：损失 {loss:.4f}"
+        "（笔记中用它唯一的输入、类别 3 训练一步，损失是 2.2598）。",
+        "mixed": "你的 **{label}** 会出现在接下来 20 个训练批次的每一批中：按“走 N 步”或“播放”。",
+        "compared": "残差连接开启时的损失：{on:.4f} · 关闭时：{off:.4f}（没有训练）。",
+        "twin_status": "**第 {step} 步** · {depth} 层，残差 vs 普通，相同的初始权重，相同的批次",
+        "twin_line": "{name}：训练损失 {loss:.3f}{held}",
+        "twin_held": "，留出集准确率 {acc:.1%}",
+        "residual": "残差网络",
+        "plain": "普通网络",
+        "this_step": "这一步",
+        "on": "残差连接开启",
+        "off": "残差连接关闭",
+    },
+}
+
 LEARN_EN = """
 ### Residual connections, in four points (from the course notebook)
 - A residual connection adds a block's **input directly to its output**: `out = relu(F(x) + x)`.
@@ -259,63 +331,92 @@ POOL = (
 
 
 def user_errors(fn):
-    """Turn what a user can get wrong into a message in the UI. Anything else is a bug or a library's internals:
-    logged in full with a request id, and only the id is shown, so the learner can quote it."""
+    """Turn what a user can get wrong into a message in the UI, in the learner's language. Anything else is a bug or
+    a library's internals: logged in full with a request id, and only the id is shown, so the learner can quote it.
+    Also sets LANG for the handler from its request, so what it shows follows the browser's language."""
 
     def explain(e: Exception):
         if isinstance(e, gr.Error):
             return e
         if isinstance(e, UserError):  # bad image, setting, dataset or checkpoint; a full room
-            return gr.Error(str(e))
+            return gr.Error(e.text(LANG.get()))
         if isinstance(e, torch.OutOfMemoryError):
             torch.cuda.empty_cache()  # release what the failed step held; the session's weights are untouched
-            return gr.Error("The accelerator ran out of memory: try a smaller batch size.")
+            return gr.Error(say("oom"))
         request_id = uuid.uuid4().hex[:8]
         log.exception("request %s: handler %s failed", request_id, fn.__name__)
-        return gr.Error(
-            f"Something went wrong on the server (request {request_id}); your session is intact, please try again."
-        )
+        return gr.Error(say("bug", id=request_id))
+
+    def language(args, kwargs) -> str:
+        request = next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
+        return lang_of(request)
 
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 -- see explain()
-                raise explain(e) from None
+            lang, steps = language(args, kwargs), fn(*args, **kwargs)
+            while True:  # gradio may resume a generator on another thread: set the language for each resumption
+                token = LANG.set(lang)
+                try:
+                    value = next(steps)
+                except StopIteration:
+                    return
+                except Exception as e:  # noqa: BLE001 -- see explain()
+                    raise explain(e) from None
+                finally:
+                    LANG.reset(token)
+                yield value
 
         return gen
 
     @functools.wraps(fn)
     def plain(*args, **kwargs):
+        token = LANG.set(language(args, kwargs))
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise explain(e) from None
+        finally:
+            LANG.reset(token)
 
     return plain
+
+
+LANG: contextvars.ContextVar[str] = contextvars.ContextVar("lang", default="en")  # the request's: "en" or "zh"
+
+
+def lang_of(request: gr.Request | None) -> str:
+    """The browser's language, as gr.I18n picks it for the page: Chinese if it asks for Chinese first."""
+    accept = (request.headers.get("accept-language", "") if request is not None else "") or ""
+    return "zh" if accept.strip().lower().startswith("zh") else "en"
+
+
+def say(key: str, **values) -> str:
+    """A message the server writes, in the request's language."""
+    return SAY[LANG.get()][key].format(**values)
+
+
+def refuse(key: str, **values):
+    """A UserError for a mistake the app itself catches, in both languages."""
+    return UserError(SAY["en"][key].format(**values), zh=SAY["zh"][key].format(**values))
 
 
 # --- what the handlers show -------------------------------------------------------------------------------------
 def status_text(session: Session, report: dict | None = None) -> str:
     s, h = session.summary(), session.history
     lines = [
-        f"**Step {s['step']}** · {s['device']} ({s['precision']}) · {s['depth']} layers, "
-        f"{s['parameters']:,} parameters · shortcuts on: {sum(s['shortcuts'])}/{len(s['shortcuts'])}"
-    ]
+        say("status", step=s["step"], device=s["device"], precision=s["precision"], depth=s["depth"],
+            params=s["parameters"], on=sum(s["shortcuts"]), blocks=len(s["shortcuts"]))
+    ]  # fmt: skip
     if h.steps:
-        last = h.steps[-1]
-        lines.append(f"training loss {last['loss']:.3f}, batch accuracy {last['acc']:.0%}")
+        lines.append(say("train", loss=h.steps[-1]["loss"], acc=h.steps[-1]["acc"]))
     if h.evals:
-        lines.append(f"held-out accuracy {h.evals[-1]['acc']:.1%} at step {h.evals[-1]['step']}")
+        lines.append(say("held_out", acc=h.evals[-1]["acc"], step=h.evals[-1]["step"]))
     if session is visitor():
-        lines.append(
-            "This is the shipped trained model, shared by every visitor: Step, Play or a shortcut switch gives you "
-            "your own copy to train; Reset, one from random weights."
-        )
+        lines.append(say("visitor"))
     elif s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
-        lines.append("Started from a trained model: press Reset to train from random weights.")
+        lines.append(say("pretrained"))
     for message in (report or {}).get("messages", [])[-3:]:
         lines.append(f"⚠️ {message}")
     return "  \n".join(lines)
@@ -323,7 +424,12 @@ def status_text(session: Session, report: dict | None = None) -> str:
 
 def chart_values(session: Session) -> list[dict]:
     figs = charts.live_figures(session.history, revision=id(session.model))  # new model: zoom resets
-    return [figs["loss"], figs["accuracy"], figs["grad_norm"], figs["grad_heatmap"]]
+    return [translated(figs[k]) for k in ("loss", "accuracy", "grad_norm", "grad_heatmap")]
+
+
+def translated(figure: dict) -> dict:
+    """A chart's titles, axes, legend and markers in the request's language."""
+    return charts.translate(figure, LANG.get())
 
 
 def prediction(session: Session, x) -> dict | None:
@@ -339,8 +445,9 @@ def view(session: Session, x=None, report=None) -> list:
     return [*chart_values(session), status_text(session, report), prediction(session, x)]
 
 
-def block_choices(session: Session) -> list[str]:
-    return [f"block {i}" for i in range(1, len(session.shortcuts) + 1)]
+def block_choices(session: Session) -> list[tuple[str, str]]:
+    """(label in the learner's language, value) per block; the value is the same in every language."""
+    return [(say("block", i=i), f"block {i}") for i in range(1, len(session.shortcuts) + 1)]
 
 
 # --- handlers ---------------------------------------------------------------------------------------------------
@@ -376,7 +483,7 @@ def own_or_shared(request: gr.Request) -> Session:
 def on_load(last_x, request: gr.Request):
     session = own_or_shared(request)
     blocks = block_choices(session)
-    on = [b for b, s in zip(blocks, session.shortcuts) if s]
+    on = [value for (_, value), s in zip(blocks, session.shortcuts) if s]
     return [
         *view(session, last_x),
         gr.update(choices=blocks, value=on),
@@ -422,7 +529,7 @@ def dataset_choices(session: Session) -> list[str]:
 @user_errors
 def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.Request):
     if not path:
-        raise gr.Error("Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).")
+        raise refuse("no_zip")
     data = hub.load_zip(path)
     session = POOL.get(learner(request))
     fresh = new_session(
@@ -434,19 +541,24 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
         lr=float(lr),
         batch_size=min(int(batch), len(data.train_y)),
     )
-    gr.Info(f"{len(data.train_y)} training and {len(data.test_y)} held-out images in {len(data.classes)} classes.")
+    gr.Info(say("zip_ok", train=len(data.train_y), test=len(data.test_y), classes=len(data.classes)))
     return switch_to(fresh, session, last_x, request)
 
 
 @user_errors
 def download_model(request: gr.Request):
-    session = POOL.get(learner(request))
-    folder = downloads(request)  # one per learner, overwritten by the next download, deleted when they leave
+    session = own_or_shared(request)
+    path = downloads(request) / "resnet-playground.zip"  # one folder per learner, deleted when they leave
     with session.lock:
-        directory = checkpoint.save(
-            session.model, folder / "resnet-playground", session.data.classes, session.config.dataset
-        )
-    return str(checkpoint.pack(directory))
+        model = checkpoint.to_hub(session.model, session.data.classes, session.config.dataset)
+        stats = card_stats(session)
+    return str(checkpoint.download_zip(model, model.classes, model.dataset, path, stats))
+
+
+def card_stats(session: Session) -> dict:
+    """What the model card says of the run: steps trained and the latest held-out accuracy."""
+    evals = session.history.evals
+    return {"steps": session.step_count, "held_out_acc": evals[-1]["acc"] if evals else None}
 
 
 @user_errors
@@ -470,7 +582,7 @@ def load_model(upload, repo_id, last_x, request: gr.Request):
     elif repo_id and repo_id.strip():
         model = checkpoint.load_repo(repo_id)  # an id, never a path on this server; sizes checked first
     else:
-        raise gr.Error("Upload a checkpoint zip (from Download) or type a Hub repo id.")
+        raise refuse("no_model")
     session = POOL.get(learner(request))
     fresh = checkpoint.session_from(model, session.config)
     return switch_to(fresh, session, last_x, request)
@@ -480,17 +592,15 @@ def load_model(upload, repo_id, last_x, request: gr.Request):
 def push_model(repo_id, token, request: gr.Request):
     """The token is used for this one call: not stored, not logged, not in any state."""
     if not (repo_id and repo_id.strip() and token and token.strip()):
-        raise gr.Error("Type your repo id (you/name) and a write token from huggingface.co/settings/tokens.")
-    session = POOL.get(learner(request))
-    with session.lock:
-        model = checkpoint.to_hub(session.model, session.data.classes, session.config.dataset)
-    try:
-        url = model.push_to_hub(repo_id.strip(), token=token.strip())
-    except Exception as e:  # noqa: BLE001 -- a network or permission error: say which, never echo the token
-        raise gr.Error(
-            f"Push failed: {type(e).__name__}. Check the repo id, the token's write access, and the network."
-        ) from None
-    return f"Pushed to {url}", ""  # and clear the token box
+        raise refuse("no_push")
+    session = own_or_shared(request)
+    with session.lock:  # a copy: the push itself runs without holding the learner's session
+        model, stats = (
+            checkpoint.to_hub(session.model, session.data.classes, session.config.dataset),
+            card_stats(session),
+        )
+    url = checkpoint.push(model, repo_id.strip(), token.strip(), stats)  # its errors never echo the token
+    return say("pushed", url=url), ""  # and clear the token box
 
 
 @user_errors
@@ -498,10 +608,10 @@ def configure(optimizer, lr, batch, request: gr.Request):
     session = POOL.get(learner(request))
     try:
         if lr is None or batch is None:  # an emptied number box
-            raise UserError("Type a number for the learning rate and the batch size.")
+            raise refuse("numbers")
         session.configure(lr=float(lr), optimizer=optimizer, batch_size=int(batch))
     except UserError as e:
-        gr.Warning(str(e))
+        gr.Warning(e.text(LANG.get()))
         c = session.config
         return c.optimizer, c.lr, c.batch_size
     return gr.update(), gr.update(), gr.update()
@@ -519,7 +629,7 @@ def step(last_x, request: gr.Request):
 def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
     n = int(n or 0)
     if not 1 <= n <= 10_000:
-        raise gr.Error("N must be a whole number from 1 to 10000.")
+        raise refuse("bad_n")
     messages = []
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
@@ -534,7 +644,7 @@ def play(last_x, request: gr.Request):
     for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
         yield view(session, last_x, report)
         if report["end"] == "timeout":
-            gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
+            gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 
 
 @user_errors
@@ -548,16 +658,15 @@ def pause(last_x, request: gr.Request):
 def set_all_shortcuts(on, last_x, request: gr.Request):
     session = POOL.get(learner(request))
     session.set_shortcut(bool(on))
-    blocks = block_choices(session)
-    return [*view(session, last_x), blocks if on else []]
+    return [*view(session, last_x), [value for _, value in block_choices(session)] if on else []]
 
 
 @user_errors
 def set_block_shortcuts(selected, last_x, request: gr.Request):
     session = POOL.get(learner(request))
     with session.lock:
-        for i, name in enumerate(block_choices(session), 1):
-            session.set_shortcut(name in (selected or []), i)
+        for i, (_, value) in enumerate(block_choices(session), 1):
+            session.set_shortcut(value in (selected or []), i)
     return [*view(session, last_x), all(session.shortcuts)]
 
 
@@ -603,9 +712,9 @@ def blank_sketch() -> dict:
 
 def labelled(session: Session, last_x, label):
     if last_x is None:
-        raise gr.Error("Draw or upload an image first (Predict tab).")
+        raise refuse("no_image")
     if label not in session.data.classes:
-        raise gr.Error("Choose the class this image shows.")
+        raise refuse("no_label")
     return last_x, torch.tensor([session.data.classes.index(label)])
 
 
@@ -617,12 +726,9 @@ def teach_step(last_x, label, layer, request: gr.Request):
         record = session.teach(x, y)
     if "rejected" in record:
         raise gr.Error(record["rejected"])
-    text = (
-        f"Step {record['step']} on your image alone, labelled **{label}**: loss {record['loss']:.4f} "
-        f"(the notebook's one step on its one input, class 3, gave 2.2598)."
-    )
-    figure = charts.gradient_tensor_figure([record["grads"]], layer, titles=("the gradients of this step",))
-    bars = charts.grad_norm_bars_figure({"this step": record["grad_norm"]})
+    text = say("taught", step=record["step"], label=label, loss=record["loss"])
+    figure = translated(charts.gradient_tensor_figure([record["grads"]], layer, titles=(say("this_step"),)))
+    bars = translated(charts.grad_norm_bars_figure({say("this_step"): record["grad_norm"]}))
     return [*view(session, last_x), text, go.Figure(figure), go.Figure(bars)]
 
 
@@ -631,7 +737,7 @@ def mix(last_x, label, request: gr.Request):
     session = POOL.get(learner(request))
     x, y = labelled(session, last_x, label)
     session.mix_in(x, y, steps=20)
-    return f"Your **{label}** will be in each of the next 20 training batches: press Step ×N or Play."
+    return say("mixed", label=label)
 
 
 @user_errors
@@ -642,9 +748,11 @@ def compare(last_x, label, layer, request: gr.Request):
     n = len(session.shortcuts)
     with POOL.compute(learner(request)):
         on, off = session.gradients(x, y, [True] * n), session.gradients(x, y, [False] * n)
-    text = f"Loss with shortcuts on: {on['loss']:.4f} · off: {off['loss']:.4f} (no step taken)."
-    figure = charts.gradient_tensor_figure([on["grads"], off["grads"]], layer)
-    bars = charts.grad_norm_bars_figure({"shortcuts on": on["grad_norm"], "shortcuts off": off["grad_norm"]})
+    text = say("compared", on=on["loss"], off=off["loss"])
+    figure = translated(
+        charts.gradient_tensor_figure([on["grads"], off["grads"]], layer, titles=(say("on"), say("off")))
+    )
+    bars = translated(charts.grad_norm_bars_figure({say("on"): on["grad_norm"], say("off"): off["grad_norm"]}))
     return text, go.Figure(figure), go.Figure(bars)
 
 
@@ -672,21 +780,18 @@ def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
 
 def twin_view(twins: TwinSession, report: dict | None = None) -> list:
     h, revision = twins.histories, id(twins.residual.model)
-    lines = [
-        f"**Step {twins.step_count}** · {twins.residual.model_config.depth} layers, residual vs plain, "
-        "same initial weights, same batches"
-    ]
+    lines = [say("twin_status", step=twins.step_count, depth=twins.residual.model_config.depth)]
     for name, hist in h.items():
         if hist.steps:
-            held = f", held-out accuracy {hist.evals[-1]['acc']:.1%}" if hist.evals else ""
-            lines.append(f"{name}: training loss {hist.steps[-1]['loss']:.3f}{held}")
+            held = say("twin_held", acc=hist.evals[-1]["acc"]) if hist.evals else ""
+            lines.append(say("twin_line", name=say(name), loss=hist.steps[-1]["loss"], held=held))
     for name in twins.twins if report else ():
-        lines += [f"⚠️ {name}: {m}" for m in report[name]["messages"][-2:]]
+        lines += [f"⚠️ {say(name)}: {m}" for m in report[name]["messages"][-2:]]
     return [
-        charts.loss_figure(h, revision),
-        charts.accuracy_figure(h, revision),
-        charts.depth_figure(h, revision),
-        charts.routes_figure(twins.routes, revision),
+        translated(charts.loss_figure(h, revision)),
+        translated(charts.accuracy_figure(h, revision)),
+        translated(charts.depth_figure(h, revision)),
+        translated(charts.routes_figure(twins.routes, revision)),
         "  \n".join(lines),
     ]
 
@@ -704,7 +809,7 @@ def twin_play(n, request: gr.Request):
     for twins, report in POOL.train(twin_key(request), steps=n or None, seconds=PLAY_SECONDS, make=new_twins):
         yield twin_view(twins, report)
         if report["end"] == "timeout":
-            gr.Info(f"Paused after {PLAY_SECONDS / 60:.0f} minutes of play; press Play to go on.")
+            gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 
 
 @user_errors
@@ -717,7 +822,7 @@ def twin_pause(request: gr.Request):
 def twin_lesions(request: gr.Request):
     twins = POOL.get(twin_key(request), new_twins)
     with POOL.compute(twin_key(request)):
-        return go.Figure(charts.lesion_figure(twins.lesions(size=300)))
+        return go.Figure(translated(charts.lesion_figure(twins.lesions(size=300))))
 
 
 def build_demo() -> gr.Blocks:

@@ -6,6 +6,7 @@ the run). Layers are coloured by depth (dark = near the input), so vanishing gra
 """
 
 import math
+import re
 
 from plotly.colors import sample_colorscale
 
@@ -22,9 +23,11 @@ TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
 
 def thin(records: list[dict], max_points: int) -> list[dict]:
-    """At most max_points records, evenly spaced, always ending with the newest."""
-    stride = max(1, math.ceil(len(records) / max_points))
-    return records[::-1][::stride][::-1]
+    """At most max_points records, evenly spaced, always ending with the newest: engine.thin, the one way to thin
+    (a History thins itself with it too)."""
+    from .engine import thin as thin_records
+
+    return thin_records(records, max_points)
 
 
 def layer_colours(names: list[str]) -> dict[str, str]:
@@ -450,3 +453,75 @@ def compare_figure(
             }
         )
     return {"data": data, "layout": _layout(title, ytitle, 0, log=log)}
+
+
+# --- the same charts in Chinese ----------------------------------------------------------------------------------
+# Whole strings, then the words inside composed ones (trace names, markers); layer names (stem, block1.conv1, fc)
+# and network names stay as they are, as in the notebook.
+ZH_WHOLE = {
+    "Loss": "损失",
+    "Accuracy": "准确率",
+    "cross-entropy": "交叉熵",
+    "fraction correct": "正确比例",
+    "step": "步数",
+    "Gradient norm per layer (dark: near the input)": "每层的梯度范数（深色：靠近输入）",
+    "Gradient norm heatmap": "梯度范数热图",
+    "log10 ‖g‖": "log10 ‖梯度‖",
+    "in x kernel": "输入通道 × 卷积核位置",
+    "out channel": "输出通道",
+    "Gradient norm per layer, input → output": "每层的梯度范数，从输入到输出",
+    "Gradient norm vs depth": "梯度范数与深度",
+    "layer (1 = stem, input side)": "层（1 = stem，输入端）",
+    "Gradient into each block: shortcut vs residual branch": "流入每个残差块的梯度：残差连接 vs 残差分支",
+    "‖∂loss/∂x‖ per route": "每条路径的 ‖∂loss/∂x‖",
+    "Lesions: one block bypassed at test time": "损伤实验：测试时绕过一个残差块",
+    "bypassed block": "被绕过的残差块",
+    "held-out accuracy": "留出集准确率",
+    EMPTY_TEXT: "按“单步”或“▶ 播放”开始",
+}
+ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
+    (r"^∂loss/∂W of (.+)$", r"\1 的 ∂loss/∂W"),
+    (r"\bsteps (\d+)-(\d+)", r"第 \1–\2 步"),
+    (r"\bstep (\d+)", r"第 \1 步"),
+    (r"one block bypassed", "绕过一个残差块"),
+    (r"shortcut on", "残差连接开启"),
+    (r"shortcut off", "残差连接关闭"),
+    (r"\bon: all$", "开：全部"),
+    (r"\boff: all$", "关：全部"),
+    (r"\bon: b(\d+)$", r"开：残差块 \1"),
+    (r"\boff: b(\d+)$", r"关：残差块 \1"),
+    (r"held-out", "留出集"),
+    (r"\btraining\b", "训练"),
+    (r"\bbatch\b", "批"),
+    (r"\bresidual\b", "残差网络"),
+    (r"\bplain\b", "普通网络"),
+    (r"\bintact\b", "完好"),
+    (r" via shortcut", " 经残差连接"),
+    (r" via residual", " 经残差分支"),
+    (r"\bblock (\d+)", r"残差块 \1"),
+    (r"\bnet\b", "网络"),
+]
+
+
+def translate(figure: dict, lang: str) -> dict:
+    """`figure` with its titles, axis titles, legend names and markers in `lang` ("en": unchanged; "zh")."""
+    if lang != "zh":
+        return figure
+
+    def text(s: str) -> str:
+        if s in ZH_WHOLE:
+            return ZH_WHOLE[s]
+        for pattern, zh in ZH_PATTERNS:
+            s = re.sub(pattern, zh, s)
+        return s
+
+    def walk(node, key=None):
+        if isinstance(node, dict):
+            return {k: walk(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, key) for v in node] if key in ("annotations", "data", "shapes") else node
+        if isinstance(node, str) and key in ("text", "name", "hovertext"):
+            return text(node)
+        return node
+
+    return walk(figure)

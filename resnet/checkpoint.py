@@ -1,31 +1,34 @@
-"""Checkpoints a learner can hand on: safetensors weights + a config.json with everything needed to rebuild.
-
-`huggingface_hub.PyTorchModelHubMixin` writes the format and pushes it. A checkpoint from outside is untrusted:
-its config.json is read and checked against `CheckpointLimits` before anything is built, an uploaded zip is read
-in memory with its member sizes checked first, and a Hub repo id is only ever an id, its files' sizes checked
-before they are downloaded. Loading is strict: another architecture fails with a message, never half-loaded.
+"""Checkpoints a learner can hand on: model.safetensors + config.json + a README.md card, made as bytes in memory
+for a folder (`save`), one zip (`download_zip`) or a Hub repo (`push`). One from outside is untrusted: sizes are
+checked against `CheckpointLimits` before a byte is read, config.json before anything is built, a repo id is only an
+id. Models are built on the meta device, so no save or load draws from torch's global RNG (seeded runs hold).
 """
 
+import dataclasses
 import json
-import re
+import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx2  # huggingface-hub's HTTP client: its HTTPError is a refused connection, a timeout or an error status
 import safetensors.torch
 import torch
-from huggingface_hub import HfApi, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
-from .model import ResNet, ResNetConfig, private_rng
+from .model import ResNet, ResNetConfig, count_parameters
 
 
 class CheckpointError(UserError):
     """A checkpoint we cannot use; the message is meant for the user."""
 
 
-class HubResNet(ResNet, PyTorchModelHubMixin, library_name="resnet-playground", tags=["resnet", "residual"]):
-    """A ResNet whose __init__ arguments are plain JSON, so the mixin can write them to config.json."""
+class HubResNet(ResNet):
+    """A ResNet that knows what it was trained to tell apart; __init__ takes config.json's fields as they are."""
 
     def __init__(self, architecture: dict, classes: list[str], shortcuts: list[bool], dataset: str = ""):
         super().__init__(ResNetConfig(**architecture))
@@ -34,52 +37,226 @@ class HubResNet(ResNet, PyTorchModelHubMixin, library_name="resnet-playground", 
             self.set_shortcut(on, i)
 
 
+def _built(kwargs: dict, state: dict[str, torch.Tensor]) -> HubResNet:
+    """HubResNet(**kwargs) holding exactly `state`'s tensors, in eval mode. Built on the meta device: no random
+    init to overwrite, so nothing is drawn from torch's global RNG (a seeded Reset may be drawing from it now)."""
+    with torch.device("meta"):
+        model = HubResNet(**kwargs)
+    expected = model.state_dict()  # meta tensors: names, shapes and dtypes, no memory
+    # assign keeps a tensor's own dtype: one saved in fp16 would then meet fp32 inputs
+    state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)  # missing, unexpected or mis-shaped: RuntimeError
+    return model.eval()
+
+
 def to_hub(model: ResNet, classes, dataset: str = "") -> HubResNet:
-    """A CPU copy of a live model that knows how to save or push itself, with its classes and switches."""
-    with private_rng():  # its random init is overwritten at once; it must not draw from a seeded learner's RNG
-        hub = HubResNet(model.config.to_dict(), list(classes), model.shortcuts, dataset)
-    hub.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return hub
+    """A CPU copy of a live model with its classes and shortcut switches. Take it under the session's lock; save,
+    zip or push the copy without it."""
+    # contiguous copies: a session keeps its conv weights channels_last, which safetensors will not write
+    state = {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in model.state_dict().items()
+    }
+    kwargs = {"architecture": model.config.to_dict(), "classes": list(classes), "shortcuts": model.shortcuts}
+    return _built({**kwargs, "dataset": dataset}, state)
 
 
-def save(model: ResNet, directory: str | Path, classes, dataset: str = "") -> Path:
-    """Write model.safetensors + config.json to `directory` (created if needed)."""
-    to_hub(model, classes, dataset).save_pretrained(directory)
-    return Path(directory)
+# --- writing -------------------------------------------------------------------------------------------------
+FILES = ("config.json", "model.safetensors")  # a checkpoint is these two; README.md, the card, is read by people
 
 
+def model_card(model: HubResNet, stats: dict | None = None, repo_id: str | None = None) -> ModelCard:
+    """A Hub model card: architecture, dataset, training `stats` ({"steps": int, "held_out_acc": 0..1, any other
+    key: shown as it is}), shortcut states and how to load it; metadata for the Hub in its YAML header."""
+    from .hub import HUB_DATASETS  # the Hub's id for a dataset that came from the Hub
+
+    cfg, stats = model.config, dict(stats or {})
+    acc = stats.pop("held_out_acc", None)
+    hub_data = HUB_DATASETS.get(model.dataset)
+    name = f"ResNet-{cfg.depth}" + (f" on {model.dataset}" if model.dataset else "")
+    data = ModelCardData(
+        license="mit",
+        library_name="resnet-playground",
+        pipeline_tag="image-classification",
+        tags=["resnet", "residual", "image-classification"],
+        datasets=[hub_data.repo] if hub_data else None,
+        model_name=name,
+        eval_results=None
+        if acc is None
+        else [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=hub_data.repo if hub_data else model.dataset or "unknown",
+                dataset_name=model.dataset or "unknown",
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_value=round(float(acc), 4),
+            )
+        ],
+    )
+    shortcuts = ", ".join(f"{i}: {'on' if on else 'off'}" for i, on in enumerate(model.shortcuts, 1))
+    training = [f"| dataset | {model.dataset or 'not recorded'} |"]
+    if "steps" in stats:
+        training.append(f"| steps trained | {int(stats.pop('steps')):,} |")
+    training.append(f"| held-out accuracy | {'not measured' if acc is None else f'{float(acc):.1%}'} |")
+    training += [f"| {key} | {value} |" for key, value in stats.items()]
+    repo = repo_id or "you/your-model"
+    body = f"""
+# {name}
+
+A residual network (He et al., 2016) with {cfg.depth} weighted layers, for {cfg.in_channels}-channel 32x32 images,
+trained in ResNet Playground, an app for learning what residual connections do.
+
+## Architecture
+
+| | |
+|---|---|
+| depth (weighted layers: stem + 2 per block + fc) | {cfg.depth} |
+| stem width | {cfg.stem_width} channels |
+| stage widths | {", ".join(map(str, cfg.widths))} channels |
+| blocks per stage | {", ".join(map(str, cfg.blocks))} |
+| parameters | {count_parameters(model):,} |
+| classes | {len(model.classes)}: {", ".join(model.classes)} |
+
+Shortcut of each block (off: the block is the "plain" relu(F(x)), no "+ x"): {shortcuts}.
+
+## Training
+
+| | |
+|---|---|
+{chr(10).join(training)}
+
+## How to load it
+
+In the app: the Model tab, type `{repo}` as the repo id (or upload the zip from Download) and press Load.
+In Python, with this project's `resnet` package:
+
+```python
+from resnet import checkpoint
+
+model = checkpoint.load_repo("{repo}")  # or checkpoint.load_upload("model.zip"), checkpoint.load("folder")
+session = checkpoint.session_from(model)  # train on from here
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def files(model: HubResNet, stats: dict | None = None, repo_id: str | None = None) -> dict[str, bytes]:
+    """A checkpoint as bytes, {file name: contents}: the one format a folder, a zip and a Hub repo all hold."""
+    config = {
+        "architecture": model.config.to_dict(),
+        "classes": model.classes,
+        "dataset": model.dataset,
+        "shortcuts": model.shortcuts,
+    }
+    return {
+        "config.json": json.dumps(config, indent=2, sort_keys=True).encode(),
+        "model.safetensors": safetensors.torch.save(model.state_dict(), metadata={"format": "pt"}),
+        "README.md": str(model_card(model, stats, repo_id)).encode(),
+    }
+
+
+def save(model: ResNet, directory: str | Path, classes, dataset: str = "", card: dict | None = None) -> Path:
+    """Write the checkpoint's files into `directory` (created if needed); `card`: training stats for the card."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files(to_hub(model, classes, dataset), card).items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def download_zip(model: ResNet, classes, dataset: str, path: str | Path, card: dict | None = None) -> Path:
+    """The checkpoint as ONE zip file at `path` (its folder created if needed), built from bytes in memory:
+    nothing else is written. `card`: training stats for the model card (see `model_card`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files(to_hub(model, classes, dataset), card).items():
+            # float weights barely compress (-9% for 100x the time): stored; the text files deflated
+            z.writestr(name, data, zipfile.ZIP_STORED if name == "model.safetensors" else None)
+    return path
+
+
+def push(model: HubResNet, repo_id: str, token: str, card: dict | None = None) -> str:
+    """Upload a checkpoint (`to_hub`'s copy) and its card to a Hub model repo in one commit, creating the repo if
+    needed; returns the repo's URL. The token is used for this call only, and never appears in a message."""
+    repo_id = check_repo_id(repo_id)
+    if not (token or "").strip():
+        raise CheckpointError("a push needs a write token: make one at huggingface.co/settings/tokens")
+    api = HfApi(token=token.strip())
+    payload = files(model, card, repo_id)
+    try:
+        url = api.create_repo(repo_id, exist_ok=True)
+        api.create_commit(
+            repo_id,
+            [CommitOperationAdd(name, data) for name, data in payload.items()],
+            commit_message="Checkpoint from ResNet Playground",
+        )
+    except (httpx2.HTTPError, OSError) as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403) or isinstance(e, RepositoryNotFoundError):  # someone else's repo, or a bad token
+            raise CheckpointError(
+                f"the Hugging Face Hub refused the push to {repo_id}: the token needs write access to it"
+            ) from None
+        raise unreachable(repo_id, e) from None
+    return str(url)
+
+
+# --- reading untrusted checkpoints ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckpointLimits:
-    """What an untrusted checkpoint may ask the server to build and read; anything more is refused unread."""
+    """What an untrusted checkpoint may ask the server to read and build; anything more is refused unread."""
 
     max_config_bytes: int = 100_000  # config.json (this app writes ~0.5 kB)
     max_weights_bytes: int = 20_000_000  # model.safetensors (the notebook's net: 2.4 MB; ResNet-56: 3.4 MB)
+    max_zip_bytes: int = 21_000_000  # an uploaded zip as stored: the two files and a card, compressed or not
     max_stages: int = 4  # stages of blocks (the notebook's net has 2, the paper's CIFAR nets 3)
     max_blocks: int = 18  # blocks per stage (ResNet-110 has 18)
     max_width: int = 512  # channels of the stem or any stage
-    max_classes: int = 1000  # outputs of the classifier
+    max_classes: int = 1000  # outputs of the classifier (at least 2)
     in_channels: tuple[int, ...] = (1, 3)  # grayscale or RGB
 
 
 LIMITS = CheckpointLimits()
-FILES = ("config.json", "model.safetensors")  # a checkpoint is these two; a download also carries a README.md card
-# a Hub repo id as the Hub spells one: owner/name, never a path (from_pretrained would try a server folder first)
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+CONFIG_KEYS = {"architecture", "classes", "shortcuts", "dataset"}  # config.json's fields; dataset is optional
+ARCH_KEYS = {f.name for f in dataclasses.fields(ResNetConfig)}  # zero_init_residual is optional
+
+
+def mb(n: int | None) -> str:
+    return "of unknown size" if n is None else f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n:,} bytes"
+
+
+def check_sizes(sizes: dict[str, int | None], source: str, limits: CheckpointLimits = LIMITS) -> None:
+    """The checkpoint files' sizes as listed (a zip's index, a folder, the Hub's metadata) against `limits`, before
+    any is read. Raises CheckpointError naming the file and its limit."""
+    missing = [name for name in FILES if name not in sizes]
+    if missing:
+        raise CheckpointError(f"{source} is not a checkpoint of this app: it has no {' and no '.join(missing)}")
+    for name, cap in zip(FILES, (limits.max_config_bytes, limits.max_weights_bytes)):
+        if sizes[name] is None or sizes[name] > cap:
+            raise CheckpointError(f"{source}: {name} is {mb(sizes[name])}; the limit is {mb(cap)}")
 
 
 def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
-    """config.json -> HubResNet's arguments, checked against `limits` before anything is built."""
-    if len(raw) > limits.max_config_bytes:
-        raise CheckpointError(f"config.json is {len(raw):,} bytes; a checkpoint's is under {limits.max_config_bytes:,}")
+    """config.json (its size already checked: `check_sizes`) -> HubResNet's arguments, every field checked
+    against `limits` before anything is built."""
     try:
         config = json.loads(raw)
         arch, classes, shortcuts = config["architecture"], config["classes"], config["shortcuts"]
         widths, blocks = list(arch["widths"]), list(arch["blocks"])
         numbers = [arch["in_channels"], arch["num_classes"], arch["stem_width"], *widths, *blocks]
+        unknown = sorted(set(config) - CONFIG_KEYS) + sorted(set(arch) - ARCH_KEYS)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"config.json is not this app's checkpoint config ({type(e).__name__}: {e})") from None
-    if not all(type(n) is int for n in numbers) or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError("config.json: sizes must be whole numbers and class names text")
+    if unknown:
+        raise CheckpointError(f"config.json is not this app's checkpoint config: unknown fields {unknown[:5]}")
+    if not all(type(n) is int for n in numbers):
+        raise CheckpointError("config.json: sizes must be whole numbers")
+    if type(arch.get("zero_init_residual", False)) is not bool:
+        raise CheckpointError("config.json: zero_init_residual must be true or false")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError("config.json: classes must be a list of names")
+    if not isinstance(config.get("dataset", ""), str):
+        raise CheckpointError("config.json: dataset must be a name")
     problems = []
     if not 1 <= len(widths) == len(blocks) <= limits.max_stages:
         problems.append(f"1 to {limits.max_stages} stages, each with a width and a block count")
@@ -99,31 +276,24 @@ def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
         "architecture": dict(arch),
         "classes": classes,
         "shortcuts": shortcuts,
-        "dataset": str(config.get("dataset", "")),
+        "dataset": config.get("dataset", ""),
     }
 
 
 def build(config_raw: bytes, weights_raw: bytes, limits: CheckpointLimits = LIMITS) -> HubResNet:
     """A checkpoint's two files, as bytes -> the model, strictly: every tensor present and of the right shape."""
-    if len(weights_raw) > limits.max_weights_bytes:
-        raise CheckpointError(
-            f"model.safetensors is {len(weights_raw) / 1e6:.0f} MB; the limit is "
-            f"{limits.max_weights_bytes / 1e6:.0f} MB"
-        )
+    check_sizes({"config.json": len(config_raw), "model.safetensors": len(weights_raw)}, "this checkpoint", limits)
     kwargs = read_config(config_raw, limits)
     try:
         state = safetensors.torch.load(weights_raw)
     except Exception as e:  # noqa: BLE001 -- safetensors raises its own error kinds for a damaged file
         raise CheckpointError(f"model.safetensors could not be read ({type(e).__name__})") from None
-    with private_rng():  # a random init first (overwritten at once); it must not draw from a learner's seeded RNG
-        model = HubResNet(**kwargs)
     try:
-        model.load_state_dict(state, strict=True)
+        return _built(kwargs, state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
         raise CheckpointError(
             f"not a checkpoint of this app's ResNet: its weights do not fit its config.json ({_first_problem(e)})"
         ) from None
-    return model.eval()
 
 
 def _first_problem(e: RuntimeError) -> str:
@@ -133,79 +303,80 @@ def _first_problem(e: RuntimeError) -> str:
 
 
 def load(directory: str | Path, limits: CheckpointLimits = LIMITS) -> HubResNet:
-    """A checkpoint folder on this machine (the shipped model, or one `save` wrote)."""
+    """A checkpoint folder on this machine, chosen by the app (the shipped model, or one `save` wrote); never a
+    name a learner typed."""
     directory = Path(directory)
-    raw = {}
-    for name in FILES:
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"{directory.name}: no {name}")
-        if path.stat().st_size > limits.max_config_bytes + limits.max_weights_bytes:
-            raise CheckpointError(f"{name} is too large for a checkpoint of this app")
-        raw[name] = path.read_bytes()
-    return build(raw["config.json"], raw["model.safetensors"], limits)
+    sizes = {name: (directory / name).stat().st_size for name in FILES if (directory / name).is_file()}
+    check_sizes(sizes, directory.name, limits)
+    return build(*((directory / name).read_bytes() for name in FILES), limits)
 
 
 def load_upload(zip_path: str | Path, limits: CheckpointLimits = LIMITS) -> HubResNet:
-    """A checkpoint zip (from Download) -> the model, read in memory: member sizes are checked before reading, and
-    nothing is extracted, so no folder is left behind."""
+    """A checkpoint zip (from Download) -> the model, read in memory: the zip's size and its members' sizes are
+    checked before reading, and nothing is extracted, so nothing is written."""
+    size = Path(zip_path).stat().st_size
+    if size > limits.max_zip_bytes:
+        raise CheckpointError(f"that zip is {mb(size)}; a checkpoint zip's limit is {mb(limits.max_zip_bytes)}")
     try:
         with zipfile.ZipFile(zip_path) as z:
-            members = {info.filename: info for info in z.infolist()}
-            if not set(FILES) <= set(members) or not set(members) <= {*FILES, "README.md"}:
+            sizes = {info.filename: info.file_size for info in z.infolist()}  # as unpacked, from the zip's index
+            if not set(sizes) <= {*FILES, "README.md"}:
                 raise CheckpointError(
-                    f"a checkpoint zip holds exactly config.json and model.safetensors; "
-                    f"this one holds {sorted(members)[:5]}"
+                    "a checkpoint zip holds config.json and model.safetensors (and a README.md card); "
+                    f"this one holds {sorted(sizes)[:5]}"
                 )
-            caps = {"config.json": limits.max_config_bytes, "model.safetensors": limits.max_weights_bytes}
-            for name, cap in caps.items():
-                if members[name].file_size > cap:
-                    raise CheckpointError(
-                        f"{name} unpacks to {members[name].file_size / 1e6:.1f} MB; the limit is {cap / 1e6:.1f} MB"
-                    )
-            raw = {name: z.read(name) for name in FILES}
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(f"that file is not a zip ({e})") from None
-    return build(raw["config.json"], raw["model.safetensors"], limits)
+            check_sizes(sizes, "that zip", limits)
+            raw = [z.read(name) for name in FILES]  # the card is for people: never read
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
+        # not a zip, damaged, encrypted, or packed in a way Python cannot unpack
+        raise CheckpointError(f"that file could not be read as a zip ({type(e).__name__})") from None
+    return build(*raw, limits)
 
 
 def check_repo_id(repo_id: str) -> str:
+    """A Hub model repo id as typed -> the id; never a path (from_pretrained would try a folder on this server)."""
     repo_id = (repo_id or "").strip()
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
-        raise CheckpointError(f"{repo_id[:100]!r} is not a Hugging Face repo id; type one like you/resnet-playground")
+    try:
+        validate_repo_id(repo_id)  # the Hub's own rules: no "..", no leading "/" or ".", 96 characters at most
+    except HFValidationError:
+        repo_id = ""
+    if repo_id.count("/") != 1:  # owner/name, as the app asks for
+        raise CheckpointError("that is not a Hugging Face repo id; type one like you/resnet-playground")
     return repo_id
+
+
+def unreachable(repo_id: str, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"could not reach the Hugging Face Hub for {repo_id} ({type(e).__name__}); check the network and try again"
+    )
 
 
 def load_repo(
     repo_id: str, revision: str | None = None, token: str | None = None, limits: CheckpointLimits = LIMITS
 ) -> HubResNet:
     """A checkpoint from a Hub model repo: the id is checked (never read as a path on the server), the two files'
-    sizes come from the Hub's metadata before anything is downloaded, and only those two files are fetched."""
+    sizes come from the Hub's metadata before anything is downloaded, and only those two files are fetched, at
+    the commit that was measured, into a temporary folder that is gone when this returns."""
     repo_id = check_repo_id(repo_id)
+    token = token or False  # no token: anonymous, never the server's own saved token
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
-        sizes = {s.rfilename: s.size for s in info.siblings or []}
-        missing = [name for name in FILES if name not in sizes]
-        if missing:
-            raise CheckpointError(f"{repo_id} is not a checkpoint of this app: it has no {', '.join(missing)}")
-        caps = {"config.json": limits.max_config_bytes, "model.safetensors": limits.max_weights_bytes}
-        for name, cap in caps.items():
-            if sizes[name] is None or sizes[name] > cap:
-                raise CheckpointError(
-                    f"{repo_id}'s {name} is {(sizes[name] or 0) / 1e6:.1f} MB; the limit is {cap / 1e6:.1f} MB"
-                )
-        raw = {
-            name: Path(hf_hub_download(repo_id, name, revision=info.sha, token=token)).read_bytes() for name in FILES
-        }
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- offline, not found, private, rate-limited: say which kind, plainly
+        check_sizes({s.rfilename: s.size for s in info.siblings or []}, repo_id, limits)
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = [
+                Path(hf_hub_download(repo_id, name, revision=info.sha, token=token, local_dir=tmp)).read_bytes()
+                for name in FILES
+            ]
+    except (RepositoryNotFoundError, RevisionNotFoundError):  # the Hub says the same for private and gated repos
         raise CheckpointError(
-            f"could not fetch {repo_id} from the Hugging Face Hub ({type(e).__name__}); check the id and the network"
+            f"there is no public model repo {repo_id}{f' at {revision}' if revision else ''} on the Hugging Face Hub"
         ) from None
-    return build(raw["config.json"], raw["model.safetensors"], limits)
+    except (httpx2.HTTPError, OSError) as e:  # offline, refused, timed out, rate-limited, the Hub down
+        raise unreachable(repo_id, e) from None
+    return build(*raw, limits)
 
 
+# --- into a session ------------------------------------------------------------------------------------------
 def load_into(target: ResNet, source: ResNet) -> None:
     """Copy a loaded checkpoint's weights and shortcut states into a live model of the same architecture."""
     if target.config.to_dict() != source.config.to_dict():
@@ -236,13 +407,3 @@ def session_from(model: HubResNet, config=None):
         load_into(session.model, model)
         session.history.add_event(0, "checkpoint", "loaded from a checkpoint")
     return session
-
-
-def pack(directory: str | Path) -> Path:
-    """The checkpoint in `directory` as one zip beside it, for a download button."""
-    directory = Path(directory)
-    out = directory.with_suffix(".zip")
-    with zipfile.ZipFile(out, "w") as z:
-        for name in ("model.safetensors", "config.json"):
-            z.write(directory / name, name)
-    return out

@@ -84,7 +84,10 @@ class SessionPool:
             freed = self._sweep()
             if key not in self._sessions:
                 if len(self._sessions) >= self.max_sessions:
-                    raise PoolFull(f"All {self.max_sessions} seats are taken. Please try again in a few minutes.")
+                    raise PoolFull(
+                        f"All {self.max_sessions} seats are taken. Please try again in a few minutes.",
+                        zh=f"全部 {self.max_sessions} 个席位都已有人。请过几分钟再试。",
+                    )
                 self._sessions[key] = None  # reserve the seat; build outside the lock (it takes a moment)
             session = self._sessions[key]
             self._used[key] = time.monotonic()

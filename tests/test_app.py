@@ -151,7 +151,7 @@ def test_download_a_model_and_load_it_back(client, tmp_path):
 
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
         z.writestr("star.png", (ASSETS / "examples" / "star.png").read_bytes())
-    with pytest.raises(AppError, match="exactly config.json and model.safetensors"):
+    with pytest.raises(AppError, match="holds config.json and model.safetensors"):
         client.predict(handle_file(str(tmp_path / "other.zip")), "", api_name="/load_model")
 
 

@@ -1,103 +1,405 @@
-"""Checkpoints never disturb another learner: building one draws nothing from torch's global random numbers."""
+"""Checkpoints: what a learner downloads, uploads, pushes and loads, and what an untrusted one cannot make us do.
 
+Hub loads and pushes run against a small Hub on 127.0.0.1 that speaks the HTTP API huggingface_hub uses (model
+info, file resolve, create repo, preupload, commit) and logs every request: no network, and the log shows what
+was, and was not, fetched.
+"""
+
+import base64
+import functools
 import json
 import os
-import subprocess
-import sys
+import socket
+import tempfile
+import threading
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
+import safetensors.torch
 import torch
+from huggingface_hub import ModelCard
 
 from resnet import checkpoint
-from resnet.checkpoint import CheckpointError
+from resnet.checkpoint import CheckpointError, CheckpointLimits
+from resnet.errors import UserError
 from resnet.model import ResNet, ResNetConfig
 
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = [str(i) for i in range(10)]
 
+
+def small_model(seed=0) -> ResNet:
+    torch.manual_seed(seed)
+    model = ResNet(ResNetConfig(stem_width=8, widths=(8, 16), blocks=(1, 1), num_classes=3)).eval()
+    model.set_shortcut(False, block=2)
+    return model
+
+
+def same_outputs(a: ResNet, b: ResNet) -> bool:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# --- the global RNG ------------------------------------------------------------------------------------------
 def test_saving_and_loading_a_checkpoint_leaves_the_global_rng_as_it_was(tmp_path):
     # a Download or Load during another learner's seeded Reset must not change that learner's run
     model = ResNet(ResNetConfig())
     before = torch.random.get_rng_state()
-    hub = checkpoint.to_hub(model, [str(i) for i in range(10)], "shapes")
+    hub = checkpoint.to_hub(model, CLASSES, "shapes")
     checkpoint.save(model, tmp_path / "ckpt", hub.classes, "shapes")
     checkpoint.load(tmp_path / "ckpt")
+    checkpoint.load_upload(checkpoint.download_zip(model, CLASSES, "shapes", tmp_path / "m.zip"))
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
-CLASSES = [str(i) for i in range(10)]
+# --- writing -------------------------------------------------------------------------------------------------
+def test_a_download_is_one_zip_and_nothing_else_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where a temporary folder would go
+    (tmp_path / "tmp").mkdir()
+    model = small_model()
+    path = checkpoint.download_zip(model, "abc", "shapes", tmp_path / "learner" / "model.zip")
+    assert path == tmp_path / "learner" / "model.zip"
+    assert files_in(tmp_path) == ["learner", "learner/model.zip", "tmp"]
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = checkpoint.load_upload(path)
+    assert loaded.shortcuts == [True, False] and loaded.classes == ["a", "b", "c"] and same_outputs(loaded, model)
 
 
-def saved(tmp_path, model=None, **change) -> tuple[bytes, bytes]:
-    """A real checkpoint's two files, with config.json's fields changed as given."""
-    checkpoint.save(model or ResNet(ResNetConfig()), tmp_path / "ckpt", CLASSES, "shapes")
-    config = json.loads((tmp_path / "ckpt" / "config.json").read_bytes())
+def test_a_training_sessions_channels_last_model_downloads_and_loads_back(tmp_path):
+    # a Session keeps its weights channels_last (faster convs on CPUs and GPUs); safetensors writes contiguous only
+    model = small_model()
+    live = small_model().to(memory_format=torch.channels_last)
+    loaded = checkpoint.load_upload(checkpoint.download_zip(live, "abc", "shapes", tmp_path / "m.zip"))
+    assert same_outputs(loaded, model)  # bit for bit the weights: compared in the same (contiguous) layout
+
+
+def test_to_hub_is_a_copy_that_training_on_does_not_change():
+    # the app pushes the copy outside the session's lock while training goes on
+    model = small_model()
+    hub = checkpoint.to_hub(model, "abc")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert same_outputs(hub, small_model())
+
+
+def test_the_model_card_says_what_the_model_is_and_the_hub_reads_its_metadata(tmp_path):
+    model = ResNet(ResNetConfig()).eval()
+    model.set_shortcut(False, block=3)
+    stats = {"steps": 1500, "held_out_acc": 0.9731, "optimizer": "adam"}
+    with zipfile.ZipFile(checkpoint.download_zip(model, CLASSES, "cifar10", tmp_path / "m.zip", stats)) as z:
+        text = z.read("README.md").decode()
+    facts = ["602,698", "64, 128 channels", "| blocks per stage | 1, 2 |", "| 8 |", "cifar10", "1,500", "97.3%"]
+    facts += ["| optimizer | adam |", "1: on, 2: on, 3: off", "checkpoint.load_repo(", "load_upload("]
+    for fact in facts:
+        assert fact in text, fact
+    card = ModelCard(text)  # the Hub's own parser
+    assert card.data.license == "mit" and card.data.library_name == "resnet-playground"
+    assert card.data.pipeline_tag == "image-classification" and card.data.datasets == ["uoft-cs/cifar10"]
+    assert card.data.eval_results[0].metric_type == "accuracy" and card.data.eval_results[0].metric_value == 0.9731
+    without = checkpoint.model_card(checkpoint.to_hub(model, CLASSES, "shapes"))  # no stats: says so
+    assert "not measured" in without.text and without.data.eval_results is None
+
+
+# --- untrusted config.json -----------------------------------------------------------------------------------
+@functools.cache
+def notebook_checkpoint() -> tuple[bytes, bytes]:
+    """The notebook net's config.json and model.safetensors, as `files` writes them."""
+    torch.manual_seed(0)
+    written = checkpoint.files(checkpoint.to_hub(ResNet(ResNetConfig()), CLASSES, "shapes"))
+    return written["config.json"], written["model.safetensors"]
+
+
+def saved(**change) -> tuple[bytes, bytes]:
+    """The notebook net's checkpoint, with config.json's fields changed as given ("extra": a new architecture field)."""
+    config_raw, weights = notebook_checkpoint()
+    config = json.loads(config_raw)
     for key, value in change.items():
-        section = config["architecture"] if key in config["architecture"] else config
+        section = config["architecture"] if key in config["architecture"] or key == "extra" else config
         section[key] = value
-    return json.dumps(config).encode(), (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    return json.dumps(config).encode(), weights
 
 
 @pytest.mark.parametrize(
     "change, word",
     [
-        ({"widths": [64] * 5, "blocks": [1] * 5}, "stages"),
-        ({"blocks": [1, 19]}, "blocks per stage"),
-        ({"stem_width": 100_000}, "widths"),
-        ({"in_channels": 7}, "in_channels"),
-        ({"num_classes": 1_000_000}, "classes"),
-        ({"classes": ["only one name"]}, "classes"),
-        ({"shortcuts": [True]}, "shortcut"),
+        ({"widths": [64] * 5, "blocks": [1] * 5}, "1 to 4 stages"),
+        ({"blocks": [1, 19]}, "1 to 18 blocks per stage"),
+        ({"stem_width": 100_000}, "widths from 1 to 512 channels"),
+        ({"in_channels": 7}, r"in_channels one of \[1, 3\]"),
+        ({"num_classes": 1_000_000}, "2 to 1000 classes"),
+        ({"classes": ["only one name"]}, "one name per output"),
+        ({"classes": "0123456789"}, "classes must be a list"),
+        ({"shortcuts": [True]}, "one shortcut switch"),
+        ({"shortcuts": [1, 1, 1]}, "one shortcut switch"),
         ({"widths": "64"}, "whole numbers"),
+        ({"stem_width": 64.0}, "whole numbers"),
+        ({"zero_init_residual": "yes"}, "zero_init_residual must be true or false"),
+        ({"dataset": ["shapes"]}, "dataset must be a name"),
+        ({"extra": 1}, r"unknown fields \['extra'\]"),
+        ({"author": "me"}, r"unknown fields \['author'\]"),
     ],
 )
 def test_an_untrusted_config_outside_the_limits_is_refused_before_anything_is_built(tmp_path, change, word):
-    config, weights = saved(tmp_path, **change)
+    config, weights = saved(**change)
     with pytest.raises(CheckpointError, match=word):
         checkpoint.build(config, weights)
 
 
 def test_a_config_that_is_not_json_or_too_big_is_refused(tmp_path):
-    _, weights = saved(tmp_path)
-    with pytest.raises(CheckpointError, match="not this app's checkpoint config"):
-        checkpoint.build(b"{not json", weights)
-    with pytest.raises(CheckpointError, match="config.json is"):
+    _, weights = saved()
+    for raw in (b"{not json", b"[1, 2]", b'{"architecture": "resnet", "classes": [], "shortcuts": []}'):
+        with pytest.raises(CheckpointError, match="not this app's checkpoint config"):
+            checkpoint.build(raw, weights)
+    with pytest.raises(CheckpointError, match="config.json is 200,000 bytes; the limit is 100,000 bytes"):
         checkpoint.build(b" " * 200_000, weights)
 
 
-def zipped(path, members: dict[str, bytes]):
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+def test_weights_over_the_limit_or_damaged_are_refused(tmp_path):
+    config, weights = saved()
+    with pytest.raises(CheckpointError, match="model.safetensors is 2.4 MB; the limit is 1.0 MB"):
+        checkpoint.build(config, weights, CheckpointLimits(max_weights_bytes=1_000_000))
+    with pytest.raises(CheckpointError, match="could not be read"):
+        checkpoint.build(config, weights[:1000])
+    with pytest.raises(CheckpointError, match="not a checkpoint of this app's ResNet"):
+        checkpoint.build(config, safetensors.torch.save({"fc.weight": torch.zeros(10, 128)}))
+
+
+def test_weights_saved_in_half_precision_load_as_the_models_own_float32(tmp_path):
+    config, weights = saved()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in safetensors.torch.load(weights).items()}
+    model = checkpoint.build(config, safetensors.torch.save(half))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.zeros(1, 3, 32, 32)).dtype == torch.float32
+
+
+def test_a_folder_checkpoint_is_size_checked_before_it_is_read(tmp_path):
+    model = small_model()
+    checkpoint.save(model, tmp_path / "ckpt", "abc")
+    assert same_outputs(checkpoint.load(tmp_path / "ckpt"), model)
+    with pytest.raises(CheckpointError, match="model.safetensors is .* the limit is 1,000 bytes"):
+        checkpoint.load(tmp_path / "ckpt", CheckpointLimits(max_weights_bytes=1000))
+    (tmp_path / "ckpt" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="it has no config.json"):
+        checkpoint.load(tmp_path / "ckpt")
+    assert checkpoint.load(ROOT / "assets" / "shapes-resnet").classes[0] == "circle"  # the shipped model passes
+
+
+# --- uploaded zips -------------------------------------------------------------------------------------------
+def zipped(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", compression) as z:
         for name, data in members.items():
             z.writestr(name, data)
     return path
 
 
 def test_an_uploaded_zip_loads_in_memory_and_its_members_are_capped_before_reading(tmp_path):
-    config, weights = saved(tmp_path)
-    model = checkpoint.load_upload(zipped(tmp_path / "ok.zip", {"config.json": config, "model.safetensors": weights}))
-    assert model.classes == CLASSES
+    config, weights = saved()
+    ok = {"config.json": config, "model.safetensors": weights}
+    assert checkpoint.load_upload(zipped(tmp_path / "ok.zip", ok)).classes == CLASSES
+    assert checkpoint.load_upload(zipped(tmp_path / "card.zip", {**ok, "README.md": b"# mine"})).classes == CLASSES
     bomb = zipped(tmp_path / "bomb.zip", {"config.json": config, "model.safetensors": b"\0" * 30_000_000})
-    with pytest.raises(CheckpointError, match="unpacks to 30.0 MB"):  # a few kB packed; never read
-        checkpoint.load_upload(bomb)
-    extra = zipped(tmp_path / "extra.zip", {"config.json": config, "model.safetensors": weights, "run.sh": b"rm"})
-    with pytest.raises(CheckpointError, match="holds exactly config.json and model.safetensors"):
-        checkpoint.load_upload(extra)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(CheckpointError, match="model.safetensors is 30.0 MB; the limit is 20.0 MB"):
+        checkpoint.load_upload(bomb)  # a few kB packed; never unpacked
+    with pytest.raises(CheckpointError, match="holds config.json and model.safetensors"):
+        checkpoint.load_upload(zipped(tmp_path / "extra.zip", {**ok, "run.sh": b"rm -rf"}))
+    with pytest.raises(CheckpointError, match="it has no model.safetensors"):
+        checkpoint.load_upload(zipped(tmp_path / "half.zip", {"config.json": config}))
 
 
-@pytest.mark.parametrize("text", ["/etc/passwd", "../secrets", "assets/../app.py", "a/b/c", "", "you/na me"])
-def test_a_repo_id_is_never_a_path_on_the_server(text):
+def test_a_zip_too_big_on_disk_is_refused_before_it_is_opened(tmp_path):
+    config, weights = saved()
+    path = zipped(tmp_path / "ok.zip", {"config.json": config, "model.safetensors": weights}, zipfile.ZIP_STORED)
+    with pytest.raises(CheckpointError, match="that zip is 2.4 MB; a checkpoint zip's limit is 1.0 MB"):
+        checkpoint.load_upload(path, CheckpointLimits(max_zip_bytes=1_000_000))
+    path.write_bytes(b"\0" * 200 + path.read_bytes())  # not even a zip: the size alone decides
+    with pytest.raises(CheckpointError, match="that zip is 2.4 MB"):
+        checkpoint.load_upload(path, CheckpointLimits(max_zip_bytes=1_000_000))
+
+
+def test_a_damaged_or_false_zip_is_a_message(tmp_path):
+    (tmp_path / "x.zip").write_bytes(b"PK but not really")
+    with pytest.raises(CheckpointError, match="could not be read as a zip"):
+        checkpoint.load_upload(tmp_path / "x.zip")
+    config, weights = saved()
+    raw = bytearray(zipped(tmp_path / "ok.zip", {"config.json": config, "model.safetensors": weights}).read_bytes())
+    start = raw.index(b"model.safetensors") + 40  # inside the member's compressed data
+    raw[start : start + 2000] = os.urandom(2000)
+    (tmp_path / "bad.zip").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="could not be read as a zip"):
+        checkpoint.load_upload(tmp_path / "bad.zip")
+
+
+# --- Hub repos -----------------------------------------------------------------------------------------------
+class FakeHub(ThreadingHTTPServer):
+    """The Hub's HTTP API, as huggingface_hub calls it, over repos held in memory: {repo_id: {path: bytes}}.
+    `sizes` overrides the size the metadata reports; `log` is every (method, path, authorization) received."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.sizes: dict[tuple[str, str], int] = {}
+        self.writers: dict[str, str] = {}  # repo -> the token that may write to it
+        self.log: list[tuple[str, str, str]] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    SHA = "a" * 40
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status=200, body=b"", headers=None, json_body=None):
+        if json_body is not None:
+            body, headers = json.dumps(json_body).encode(), {"Content-Type": "application/json", **(headers or {})}
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def route(self):
+        hub: FakeHub = self.server
+        path = self.path.split("?")[0]
+        hub.log.append((self.command, path, self.headers.get("Authorization", "")))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        parts = path.strip("/").split("/")
+        not_found = {"X-Error-Code": "RepoNotFound"}
+        if parts[:2] == ["api", "models"] and (len(parts) == 4 or parts[4] == "revision"):  # model info
+            repo = "/".join(parts[2:4])
+            if repo not in hub.repos:
+                return self.reply(404, headers=not_found)
+            siblings = [{"rfilename": f, "size": hub.sizes.get((repo, f), len(b))} for f, b in hub.repos[repo].items()]
+            return self.reply(json_body={"id": repo, "sha": self.SHA, "siblings": siblings})
+        if len(parts) >= 5 and parts[2] == "resolve":  # a file: HEAD for its metadata, then GET
+            repo, name = "/".join(parts[:2]), "/".join(parts[4:])
+            if name not in hub.repos.get(repo, {}):
+                return self.reply(404, headers=not_found)
+            data = hub.repos[repo][name]
+            return self.reply(body=data, headers={"X-Repo-Commit": self.SHA, "ETag": f'"{hash(data)}"'})
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if path == "/api/validate-yaml":  # a commit with a README.md has its metadata checked first
+            return self.reply(json_body={"errors": [], "warnings": []})
+        if path == "/api/repos/create":
+            repo = f"{json.loads(body).get('organization') or 'you'}/{json.loads(body)['name']}"
+            if hub.writers.get(repo) != token:
+                return self.reply(403, json_body={"error": "You don't have the rights to create a model here"})
+            hub.repos.setdefault(repo, {})
+            return self.reply(json_body={"url": f"{hub.url}/{repo}"})
+        if parts[:2] == ["api", "models"] and parts[4] == "preupload":
+            files = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in json.loads(body)["files"]
+            ]
+            return self.reply(json_body={"files": files})
+        if parts[:2] == ["api", "models"] and parts[4] == "commit":
+            repo = "/".join(parts[2:4])
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    hub.repos[repo][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            return self.reply(json_body={"commitUrl": f"{hub.url}/{repo}/commit/{self.SHA}", "commitOid": self.SHA})
+        return self.reply(404)
+
+    do_GET = do_HEAD = do_POST = route
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch, tmp_path):
+    hub = FakeHub()
+    threading.Thread(target=hub.serve_forever, args=(0.01,), daemon=True).start()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+    template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"  # made from ENDPOINT at import
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", "hf_the_servers_own_token")  # a server may be logged in; learners never use it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    yield hub
+    hub.shutdown()
+    hub.server_close()
+
+
+def hub_files(model, classes) -> dict[str, bytes]:
+    return checkpoint.files(checkpoint.to_hub(model, classes, "shapes"))
+
+
+def test_a_hub_repo_loads_fetching_only_its_two_files_and_leaves_nothing_on_disk(fake_hub, tmp_path):
+    model = small_model()
+    fake_hub.repos["you/net"] = {**hub_files(model, "abc"), "huge.bin": b"\0" * 1000}
+    loaded = checkpoint.load_repo(" you/net ")
+    assert same_outputs(loaded, model) and loaded.classes == ["a", "b", "c"]
+    fetched = {path.rsplit("/", 1)[-1] for method, path, _ in fake_hub.log if "/resolve/" in path}
+    assert fetched == {"config.json", "model.safetensors"}
+    assert all("hf_the_servers_own_token" not in auth for *_, auth in fake_hub.log)
+    assert files_in(tmp_path) == ["tmp"]  # no Hub cache, no temporary folder left
+
+
+def test_a_hub_repo_over_the_limits_is_refused_before_any_download(fake_hub):
+    fake_hub.repos["you/big"] = hub_files(small_model(), "abc")
+    fake_hub.sizes["you/big", "model.safetensors"] = 3_000_000_000
+    with pytest.raises(CheckpointError, match="you/big: model.safetensors is 3000.0 MB; the limit is 20.0 MB"):
+        checkpoint.load_repo("you/big")
+    fake_hub.repos["you/notes"] = {"README.md": b"# just notes"}
+    with pytest.raises(CheckpointError, match="it has no config.json and no model.safetensors"):
+        checkpoint.load_repo("you/notes")
+    assert not [path for _, path, _ in fake_hub.log if "/resolve/" in path]
+
+
+@pytest.mark.parametrize("text", ["/etc/passwd", "../x", "assets/../app.py", "a/b/c", "", "you/na me", "name", "C:\\x"])
+def test_a_repo_id_that_is_not_owner_slash_name_is_refused_unread(fake_hub, text):
     with pytest.raises(CheckpointError, match="not a Hugging Face repo id"):
         checkpoint.load_repo(text)
+    assert fake_hub.log == []
 
 
-def test_a_repo_shaped_like_a_local_folder_is_fetched_from_the_hub_not_read_from_disk():
-    # "assets/shapes-resnet" is a checkpoint folder on this server, and a valid repo id; from_pretrained would load
-    # the folder. Offline, the Hub cannot be reached: the learner is told so, and the folder is never read.
-    root = Path(__file__).resolve().parent.parent
-    code = (
-        "import os, sys; os.chdir(sys.argv[1]); from resnet import checkpoint\n"
-        "try:\n    checkpoint.load_repo('assets/shapes-resnet')\nexcept checkpoint.CheckpointError as e:\n    print(e)"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True, timeout=60)
-    assert "could not fetch assets/shapes-resnet from the Hugging Face Hub" in out.stdout, out.stderr[-500:]
+def test_a_repo_shaped_like_a_local_folder_is_fetched_from_the_hub_not_read_from_disk(fake_hub, monkeypatch):
+    # "assets/shapes-resnet" is a checkpoint folder on this server, and a valid repo id: from_pretrained would load
+    # the folder. Here the Hub has no such repo, so the learner is told so.
+    monkeypatch.chdir(ROOT)
+    assert Path("assets/shapes-resnet/model.safetensors").is_file()
+    with pytest.raises(CheckpointError, match="no public model repo assets/shapes-resnet on the Hugging Face Hub"):
+        checkpoint.load_repo("assets/shapes-resnet")
+    assert fake_hub.log[0][:2] == ("GET", "/api/models/assets/shapes-resnet")
+
+
+@pytest.mark.parametrize("how", ["offline", "closed port"])
+def test_without_the_hub_a_load_or_push_says_it_could_not_reach_it(monkeypatch, how):
+    if how == "offline":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    else:
+        with socket.socket() as free:  # a port nothing listens on once this closes
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    reach = "could not reach the Hugging Face Hub for you/net .*; check the network"
+    with pytest.raises(CheckpointError, match=reach):
+        checkpoint.load_repo("you/net")
+    with pytest.raises(UserError, match=reach):
+        checkpoint.push(checkpoint.to_hub(small_model(), "abc"), "you/net", "hf_token")
+
+
+def test_a_pushed_checkpoint_loads_back_from_the_hub_with_its_card(fake_hub):
+    fake_hub.writers["you/net"] = "hf_write"
+    model = small_model()
+    url = checkpoint.push(checkpoint.to_hub(model, "abc", "shapes"), "you/net", "hf_write", {"steps": 20})
+    assert url == f"{fake_hub.url}/you/net"
+    assert sorted(fake_hub.repos["you/net"]) == ["README.md", "config.json", "model.safetensors"]
+    card = ModelCard(fake_hub.repos["you/net"]["README.md"].decode())
+    assert card.data.library_name == "resnet-playground" and 'checkpoint.load_repo("you/net")' in card.text
+    assert same_outputs(checkpoint.load_repo("you/net"), model)
+    with pytest.raises(CheckpointError, match="refused the push to you/other: the token needs write access") as e:
+        checkpoint.push(checkpoint.to_hub(model, "abc"), "you/other", "hf_secret_read_only")
+    assert "hf_secret" not in str(e.value)
+    with pytest.raises(CheckpointError, match="needs a write token"):
+        checkpoint.push(checkpoint.to_hub(model, "abc"), "you/net", " ")
