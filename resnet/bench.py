@@ -1,10 +1,9 @@
-"""Training speed, measured in one run on one device: `python -m resnet.bench [--quick]`.
+"""Training speed on one device: `python -m resnet.bench [--quick]`; a room of learners: `--room --sessions N`.
 
-Baseline is the notebook's own loop (its model, fp32, NCHW, eager Adam, batches drawn with randint, no
-augmentation) on the same data; against it, the
-session's `step()` with telemetry on and off, and the ceiling: the model's convolutions alone, forward and backward,
-at the device's speed for them. Runs are interleaved round by round and each figure is the median round, because
-two processes (or a busy neighbour) on 2 cores slow each other. Last line: one JSON object.
+The notebook's loop (fp32, NCHW, eager Adam, randint batches, no augmentation), the session's `step()` with telemetry
+on and off (one session, the flag flipped between turns), and the ceiling (the model's conv and linear layers alone,
+forward and backward) take turns over many rounds; each figure is the median round, printed with its spread, as a
+busy neighbour on 2 shared cores slows whichever loop is running. Last line: one JSON object.
 """
 
 import argparse
@@ -14,18 +13,49 @@ import statistics
 import time
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .data import load_dataset, normalize
 from .engine import Session, TrainConfig
 from .notebook import NotebookResNet
 
+BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "bench"  # where a bare --out name is written
+
 
 def sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def measure(step, steps: int, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def interleaved(loops: dict, steps: int, rounds: int, device, warmup: int = 3) -> tuple[dict, dict]:
+    """Seconds per round for each loop, `steps` steps a round, and each loop's warm-up seconds. The loops take
+    turns within a round, in reverse order every other round, so a slow spell of the machine (or a drift) falls on
+    all of them alike."""
+    # warm-up: allocator, oneDNN kernel choice, cuDNN autotune, torch.compile
+    warm = {name: measure(step, warmup, device) for name, step in loops.items()}
+    times = {name: [] for name in loops}
+    for r in range(rounds):
+        for name in list(loops)[:: -1 if r % 2 else 1]:
+            times[name].append(measure(loops[name], steps, device))
+    return times, warm
+
+
+def spread(values: list[float]) -> dict:
+    """Median and half the min-max range: the figure and how much it moved from round to round."""
+    return {"median": statistics.median(values), "spread": (max(values) - min(values)) / 2}
 
 
 def notebook_loop(data, device, batch: int):
@@ -48,19 +78,22 @@ def notebook_loop(data, device, batch: int):
     return step
 
 
-def session_loop(config: TrainConfig):
-    session = Session(config)
-    return lambda: session.step(1), session
+def session_loops(session: Session) -> tuple:
+    """(a step with telemetry, a step without) of the one session: the same weights, data and memory."""
+
+    def step(telemetry: bool):
+        session.config = replace(session.config, telemetry=telemetry)
+        session.step(1)
+
+    return partial(step, True), partial(step, False)
 
 
-def ceiling(session: Session, reps: int = 5) -> dict:
-    """The most img/s this device could train the session's model: its conv and linear layers alone, forward and
-    backward (input and weight gradients), each timed in isolation at the session's batch, precision and memory
-    format. BN, ReLU, the loss and the optimizer only add time. Timed, not assumed: on a CPU without AVX-512, the
-    backward convolutions run well below the forward's speed. Returns the forward GFLOP per image, the layers'
-    training GFLOP/s and the ceiling in img/s."""
-    import torch.nn.functional as F
-
+def ceiling_loop(session: Session) -> tuple:
+    """The most img/s this device could train the session's model at: a step of its conv and linear layers alone,
+    forward and backward (input and weight gradients), one after another at the session's batch, precision and
+    memory format. BN, ReLU, the loss and the optimizer only add time. Timed, not assumed: on a CPU without
+    AVX-512 the backward convolutions run well below the forward's speed. Returns (step, {"gflop_per_image": the
+    forward's, "train_gflop_per_image": forward and backward})."""
     shapes = {}
     hooks = [
         m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape)) for m in session.layers.values()
@@ -70,7 +103,7 @@ def ceiling(session: Session, reps: int = 5) -> dict:
         session.model(x)
     for h in hooks:
         h.remove()
-    forward_flops, train_flops, seconds = 0, 0, 0.0
+    forward_flops, train_flops, layers = 0, 0, []
     for i, (m, in_shape) in enumerate(shapes.items()):
         inp = torch.randn(in_shape, device=session.device)
         weight = m.weight.detach().clone().requires_grad_()
@@ -94,39 +127,65 @@ def ceiling(session: Session, reps: int = 5) -> dict:
         flops = 2 * out.numel() * weight[0].numel()
         forward_flops += flops
         train_flops += flops * (3 if i > 0 else 2)  # + weight gradient, + input gradient
-        grad = torch.randn_like(out)
-        leaves = [inp, weight] if i > 0 else [weight]
+        layers.append((run, inp, torch.randn_like(out), [inp, weight] if i > 0 else [weight]))
 
-        def step(run=run, inp=inp, grad=grad, leaves=leaves):
+    def step():
+        for run, inp, grad, leaves in layers:
             with session._autocast():
                 out = run(inp)
-            torch.autograd.grad(out, leaves, grad)  # returned, not accumulated into .grad: no extra add per rep
+            torch.autograd.grad(out, leaves, grad)  # returned, not accumulated into .grad: no extra add
 
-        step()
-        seconds += min(measure(step, 1, session.device) for _ in range(reps))
     batch = x.shape[0]
+    return step, {"gflop_per_image": forward_flops / batch / 1e9, "train_gflop_per_image": train_flops / batch / 1e9}
+
+
+def speed(loops: dict, batch: int, steps: int, rounds: int, device) -> dict:
+    """Run `loops` (names -> a step; "notebook", "engine", "engine_no_telemetry" and "ceiling" among them)
+    interleaved. Returns per loop img/s (median round, and [min, max]), and the paired figures, each from the
+    same rounds: telemetry's overhead and the engine's speed as a fraction of the ceiling, with their spreads."""
+    times, warm = interleaved(loops, steps, rounds, device)
+    img_s = {name: [steps * batch / t for t in ts] for name, ts in times.items()}
+    overhead = spread([1 - bare / tel for bare, tel in zip(times["engine_no_telemetry"], times["engine"])])
+    of_ceiling = spread([c / e for c, e in zip(times["ceiling"], times["engine"])])
+    best = {name: min(ts) for name, ts in times.items()}  # each loop's least disturbed round
     return {
-        "gflop_per_image": forward_flops / batch / 1e9,
-        "layers_gflop_s": train_flops / seconds / 1e9,
-        "ceiling_img_s": batch / seconds,
+        "img_s": {name: statistics.median(v) for name, v in img_s.items()},
+        "range": {name: [min(v), max(v)] for name, v in img_s.items()},
+        "telemetry_overhead": overhead["median"],
+        "telemetry_overhead_spread": overhead["spread"],
+        "engine_vs_ceiling": of_ceiling["median"],
+        "engine_vs_ceiling_spread": of_ceiling["spread"],
+        # on a machine shared with busy neighbours the medians wander; the best rounds are what it does unhindered
+        "telemetry_overhead_best": 1 - best["engine_no_telemetry"] / best["engine"],
+        "engine_vs_ceiling_best": best["ceiling"] / best["engine"],
+        "warmup_s": {name: round(t, 1) for name, t in warm.items()},
     }
 
 
-def measure(step, steps: int, device) -> float:
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return time.perf_counter() - t
+def print_speed(figures: dict, header: str):
+    img_s, ranges, base = figures["img_s"], figures["range"], figures["img_s"]["notebook"]
+    print(header)
+    print(f"{'loop':<30}{'img/s':>10}{'min':>10}{'max':>10}{'x notebook':>12}")
+    for name, v in img_s.items():
+        lo, hi = ranges[name]
+        print(f"{name:<30}{v:>10.1f}{lo:>10.1f}{hi:>10.1f}{v / base:>12.2f}")
+    print(
+        f"telemetry overhead {figures['telemetry_overhead']:+.2%} ± {figures['telemetry_overhead_spread']:.2%}; "
+        f"engine at {figures['engine_vs_ceiling']:.2f} ± {figures['engine_vs_ceiling_spread']:.2f} of the ceiling "
+        "(median over rounds of each round's figure ± half its range)"
+    )
+    busy = figures["engine_vs_ceiling_spread"] > 0.25 * figures["engine_vs_ceiling"]
+    print(
+        ("the machine was busy (its rounds disagree): trust the best rounds over the medians; " if busy else "")
+        + f"best rounds: telemetry overhead {figures['telemetry_overhead_best']:+.2%}, "
+        f"engine at {figures['engine_vs_ceiling_best']:.2f} of the ceiling"
+    )
 
 
 def gpu_agreement(device, batch: int = 64) -> dict:
     """One training step of the same weights on the same batch: the device's bf16 session against a float64 CPU
     reference. Returns the largest relative differences of the loss and the per-layer gradient norms."""
     import copy
-
-    import torch.nn.functional as F
 
     session = Session(TrainConfig(batch_size=batch, device=str(device), eval_every=0, augment=False))
     reference = copy.deepcopy(session.model).to("cpu", torch.float64, memory_format=torch.contiguous_format)
@@ -147,17 +206,18 @@ def gpu_agreement(device, batch: int = 64) -> dict:
 
 def gpu_check(args) -> dict:
     """Every GPU measurement in one command (< 8 min on one card): throughput at batch 512 for the notebook loop,
-    the session with and without telemetry, compiled, and the bf16-vs-float64 agreement."""
+    the session with and without telemetry, compiled, the twins and the ceiling; a room of 100 sessions at batch
+    64; and the bf16-vs-float64 agreement."""
     device = torch.device("cuda" if args.device == "auto" else args.device)
-    batch, steps, rounds = args.batch if args.batch != 64 else 512, args.steps or 50, args.rounds or 3
+    batch, steps, rounds = args.batch if args.batch != 64 else 512, args.steps or 20, args.rounds or 7
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{device} (a dry run)"
     data = load_dataset("shapes", device)
-    loops = {"notebook": notebook_loop(data, device, batch)}
     base = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
-    loops["engine"], session = session_loop(base)
-    loops["engine_no_telemetry"] = session_loop(replace(base, telemetry=False))[0]
-    loops["engine_compiled"] = session_loop(replace(base, compile=True))[0]
-    loops["engine_compiled_no_telemetry"] = session_loop(replace(base, compile=True, telemetry=False))[0]
+    session = Session(base)
+    compiled = Session(replace(base, compile=True))
+    loops = {"notebook": notebook_loop(data, device, batch)}
+    loops["engine"], loops["engine_no_telemetry"] = session_loops(session)
+    loops["engine_compiled"], loops["engine_compiled_no_telemetry"] = session_loops(compiled)
     try:
         from .twin import TwinSession
 
@@ -165,39 +225,78 @@ def gpu_check(args) -> dict:
         loops["twin"] = lambda: twin.step(1)
     except Exception as e:  # noqa: BLE001 -- the twin is optional here; say why it is missing
         print(f"twin not measured: {e}")
-    warm = {}
-    for key, step in loops.items():
-        t = time.perf_counter()
-        measure(step, 10, device)  # compiles, autotunes
-        warm[key] = round(time.perf_counter() - t, 1)
-    times = {key: [] for key in loops}
-    for _ in range(rounds):
-        for key, step in loops.items():
-            times[key].append(measure(step, steps, device))
-    img_s = {key: steps * batch / statistics.median(t) for key, t in times.items()}
-    bound = ceiling(session)
-    print(f"{name}, torch {torch.__version__}, batch {batch}, {rounds} rounds x {steps} steps")
-    print(f"{'loop':<32}{'img/s':>12}{'x notebook':>12}{'warm-up s':>11}")
-    for key, v in img_s.items():
-        print(f"{key:<32}{v:>12.0f}{v / img_s['notebook']:>12.2f}{warm[key]:>11}")
-    print(
-        f"{'ceiling (convolutions alone)':<32}{bound['ceiling_img_s']:>12.0f}"
-        f"{bound['ceiling_img_s'] / img_s['notebook']:>12.2f}"
-    )
+    loops["ceiling"], flops = ceiling_loop(session)
+    figures = speed(loops, batch, steps, rounds, device)
+    print_speed(figures, f"{name}, torch {torch.__version__}, batch {batch}, {rounds} rounds x {steps} steps")
+    print("warm-up seconds (3 steps, compilation included): " + json.dumps(figures["warmup_s"]))
     agreement = gpu_agreement(device)
     print(
         f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
         f"largest grad-norm rel diff {agreement['grad_norm_rel_diff']:.2e}"
     )
-    return {
+    best = max(v for k, v in figures["img_s"].items() if k != "ceiling")
+    result = {
         "device": name,
         "batch": batch,
-        **{f"{k}_img_s": round(v) for k, v in img_s.items()},
-        "ceiling_img_s": round(bound["ceiling_img_s"]),
-        "layers_tflop_s": round(bound["layers_gflop_s"] / 1e3, 1),
-        "warmup_s": warm,
-        "tflops_engine_best": round(max(img_s.values()) * 1.27e9 / 1e12, 1),
+        **{f"{k}_img_s": round(v) for k, v in figures["img_s"].items()},
+        "telemetry_overhead": round(figures["telemetry_overhead"], 4),
+        "telemetry_overhead_spread": round(figures["telemetry_overhead_spread"], 4),
+        "engine_vs_ceiling": round(figures["engine_vs_ceiling"], 3),
+        "telemetry_overhead_best": round(figures["telemetry_overhead_best"], 4),
+        "engine_vs_ceiling_best": round(figures["engine_vs_ceiling_best"], 3),
+        "layers_tflop_s": round(figures["img_s"]["ceiling"] * flops["train_gflop_per_image"] / 1e3, 1),
+        "warmup_s": figures["warmup_s"],
+        "tflops_engine_best": round(best * flops["train_gflop_per_image"] / 1e3, 1),
         **agreement,
+    }
+    if device.type == "cuda":
+        result["room"] = room(100, 64, seconds=30, device=str(device))
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of values, interpolated linearly between the nearest ranks."""
+    v = sorted(values)
+    k = q * (len(v) - 1)
+    lo = int(k)
+    return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (k - lo)
+
+
+def room(sessions: int, batch: int = 64, seconds: float = 20, device: str = "auto", precision: str = "auto") -> dict:
+    """A room headless: `sessions` learners' sessions on one device, stepped round-robin one step per turn (as a
+    step-granular scheduler would) for about `seconds`, whole rounds only. Returns the total learner-steps/s and,
+    per session, the p50 and p95 of its wait between turns (the end of its step to the start of its next), in ms:
+    how long a learner's chart stands still while the others train."""
+    config = TrainConfig(batch_size=batch, device=device, precision=precision, eval_every=0)
+    learners = [Session(replace(config, seed=i)) for i in range(sessions)]
+    for s in learners:  # each one's first step allocates and picks kernels: not part of a room's rhythm
+        s.step(1)
+    waits, ended = [[] for _ in learners], [None] * sessions
+    steps, start = 0, time.perf_counter()
+    while steps < 3 * sessions or time.perf_counter() - start < seconds:  # 3 rounds at least: 2 waits each
+        for i, s in enumerate(learners):
+            t = time.perf_counter()
+            if ended[i] is not None:
+                waits[i].append(t - ended[i])
+            s.step(1)  # returns after the device has finished (the step's statistics come back to the host)
+            ended[i] = time.perf_counter()
+            steps += 1
+    elapsed = time.perf_counter() - start
+    p50 = [round(1000 * percentile(w, 0.5), 1) for w in waits]
+    p95 = [round(1000 * percentile(w, 0.95), 1) for w in waits]
+    return {
+        "device": str(learners[0].device),
+        "precision": learners[0].precision,
+        "sessions": sessions,
+        "batch": batch,
+        "seconds": round(elapsed, 1),
+        "learner_steps": steps,
+        "learner_steps_s": round(steps / elapsed, 2),
+        "img_s": round(steps * batch / elapsed, 1),
+        "wait_p50_ms": statistics.median(p50),  # the typical learner's typical wait
+        "wait_p95_ms": max(p95),  # the unluckiest learner's slow turns
+        "session_wait_p50_ms": p50,
+        "session_wait_p95_ms": p95,
     }
 
 
@@ -205,7 +304,6 @@ def app_speed(seconds: float) -> dict:
     """The app-driven figures, measured by tests/load_test.py in its own process: the package never talks HTTP."""
     import subprocess
     import sys
-    from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "tests" / "load_test.py"
     out = subprocess.run(
@@ -217,6 +315,15 @@ def app_speed(seconds: float) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def write(result: dict, out: str | None):
+    """The JSON to `out`: a bare file name lands in assets/bench/. Nothing is written without --out."""
+    if out:
+        path = Path(out) if Path(out).name != out else BENCH_DIR / out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"written to {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="images per step")
@@ -224,49 +331,58 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds; the median is reported")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 for the session")
-    p.add_argument("--quick", action="store_true", help="fewer steps: about a minute on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="fewer rounds: about a minute on 2 CPU cores")
     p.add_argument("--gpu-check", action="store_true", help="all GPU measurements and the bf16 correctness check")
     p.add_argument("--app", action="store_true", help="also train through a launched app (python app.py)")
+    p.add_argument("--room", action="store_true", help="N sessions stepped round-robin (--sessions, --seconds)")
+    p.add_argument("--sessions", type=int, default=8, help="--room: learners' sessions")
+    p.add_argument("--seconds", type=float, default=20, help="--room: how long to step them")
+    p.add_argument("--out", default=None, help="also write the JSON there (a bare name: under assets/bench/)")
     args = p.parse_args(argv)
     if args.gpu_check:
         result = gpu_check(args)
-        print(json.dumps(result))
-        return result
-    steps = args.steps or (6 if args.quick else 20)
-    rounds = args.rounds or (3 if args.quick else 5)
+    elif args.room:
+        result = room(args.sessions, args.batch, args.seconds, args.device, args.precision)
+        print(
+            f"room of {result['sessions']} on {result['device']} ({result['precision']}), batch {result['batch']}: "
+            f"{result['learner_steps_s']} learner-steps/s ({result['img_s']} img/s) over {result['seconds']} s; "
+            f"wait between a learner's turns: p50 {result['wait_p50_ms']} ms (median learner), "
+            f"p95 {result['wait_p95_ms']} ms (worst learner)"
+        )
+    else:
+        result = speed_on_this_device(args)
+    print(json.dumps(result))
+    write(result, args.out)
+    return result
 
+
+def speed_on_this_device(args) -> dict:
+    steps = args.steps or (2 if args.quick else 4)
+    rounds = args.rounds or (9 if args.quick else 15)
     config = TrainConfig(batch_size=args.batch, device=args.device, precision=args.precision, eval_every=0)
-    engine, session = session_loop(config)
-    bare, _ = session_loop(replace(config, telemetry=False))
+    session = Session(config)
     device = session.device
-    data = load_dataset(config.dataset, device)
-    loops = {"notebook": notebook_loop(data, device, args.batch), "engine": engine, "engine_no_telemetry": bare}
-    for step in loops.values():  # warm-up: allocator, oneDNN kernel choice, cuDNN autotune
-        measure(step, 3, device)
-    times = {name: [] for name in loops}
-    for _ in range(rounds):
-        for name, step in loops.items():
-            times[name].append(measure(step, steps, device))
-    img_s = {name: steps * args.batch / statistics.median(t) for name, t in times.items()}
-    bound = ceiling(session)
-    img_s["ceiling"] = bound["ceiling_img_s"]
-
-    print(
+    loops = {"notebook": notebook_loop(load_dataset(config.dataset, device), device, args.batch)}
+    loops["engine"], loops["engine_no_telemetry"] = session_loops(session)
+    loops["ceiling"], flops = ceiling_loop(session)
+    figures = speed(loops, args.batch, steps, rounds, device)
+    img_s = figures["img_s"]
+    layers_gflop_s = img_s["ceiling"] * flops["train_gflop_per_image"]
+    print_speed(
+        figures,
         f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, session precision {session.precision}, batch {args.batch}, "
-        f"{rounds} rounds x {steps} steps"
+        f"{rounds} rounds x {steps} steps",
     )
-    print(f"{'loop':<22}{'img/s':>10}{'x notebook':>12}")
-    for name, v in img_s.items():
-        print(f"{name:<22}{v:>10.1f}{v / img_s['notebook']:>12.2f}")
     print(
-        f"ceiling: the model's conv and linear layers alone, forward and backward ({bound['gflop_per_image']:.3f} "
-        f"GFLOP/image forward), at the {bound['layers_gflop_s']:.0f} GFLOP/s they reach here ({session.precision})"
+        f"ceiling: the model's conv and linear layers alone, forward and backward ({flops['gflop_per_image']:.3f} "
+        f"GFLOP/image forward), at the {layers_gflop_s:.0f} GFLOP/s they reach here ({session.precision})"
     )
     extra = {}
     if args.app:
         # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
         # its headless twin is the engine's step plus that evaluation, amortised: like for like, not UI work.
+        session.config = replace(session.config, telemetry=True)
         evaluate = partial(session.evaluate, config.eval_size)
         measure(evaluate, 1, device)
         eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
@@ -285,23 +401,29 @@ def main(argv=None):
             f"{extra['app_ratio_training_only']:.2f} x training alone), {extra['updates_per_s']} chart updates/s; "
             f"Step round trip {extra['step_roundtrip_ms']} ms for a {step_ms:.0f} ms step"
         )
-    result = {
+    return {
         "device": str(device),
         "precision": session.precision,
         "batch": args.batch,
+        "rounds": rounds,
+        "steps": steps,
         **extra,
         "notebook_img_s": round(img_s["notebook"], 1),
         "engine_img_s": round(img_s["engine"], 1),
         "engine_no_telemetry_img_s": round(img_s["engine_no_telemetry"], 1),
-        "ratio": round(img_s["engine"] / img_s["notebook"], 3),
-        "telemetry_overhead": round(1 - img_s["engine"] / img_s["engine_no_telemetry"], 4),
         "ceiling_img_s": round(img_s["ceiling"], 1),
+        "range_img_s": {name: [round(v, 1) for v in r] for name, r in figures["range"].items()},
+        "ratio": round(img_s["engine"] / img_s["notebook"], 3),
         "ceiling_ratio": round(img_s["ceiling"] / img_s["notebook"], 3),
-        "gflop_per_image": round(bound["gflop_per_image"], 3),
-        "layers_gflop_s": round(bound["layers_gflop_s"], 1),
+        "telemetry_overhead": round(figures["telemetry_overhead"], 4),
+        "telemetry_overhead_spread": round(figures["telemetry_overhead_spread"], 4),
+        "engine_vs_ceiling": round(figures["engine_vs_ceiling"], 3),
+        "engine_vs_ceiling_spread": round(figures["engine_vs_ceiling_spread"], 3),
+        "telemetry_overhead_best": round(figures["telemetry_overhead_best"], 4),
+        "engine_vs_ceiling_best": round(figures["engine_vs_ceiling_best"], 3),
+        "gflop_per_image": round(flops["gflop_per_image"], 3),
+        "layers_gflop_s": round(layers_gflop_s, 1),
     }
-    print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 Built to be watched: every step records loss, accuracy and, for each conv/linear layer, the gradient norm, the
 weight norm and the update/weight ratio, computed for all layers at once on the device and copied to the host
-in one transfer per step. A step whose loss or gradients are not finite is undone (weights, BN statistics and
-optimizer state restored) and reported, so a learner who types lr=1000 loses nothing but that step.
+in one transfer per step. A step whose loss or gradients are not finite, or that moves a layer by more than
+MAX_UPDATE_RATIO times its weights, is undone (weights, BN statistics and optimizer state restored) and reported,
+telemetry on or off, so a learner who types lr=1000 loses nothing but that step.
 """
 
 import logging
 import math
+import numbers
 import threading
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -42,7 +46,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 autocast where the hardware computes bf16 natively, else "fp32"
     telemetry: bool = True  # per-layer gradient/weight/update statistics at each step
     compile: bool = False  # torch.compile the model: faster on CUDA after a minute of warm-up; eager if it fails
-    history_points: int = 2000  # steps kept; a longer run is thinned evenly (every other step), never cut
+    history_points: int = 2000  # steps kept; when full, every other one is dropped (older ones grow sparser), never cut
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -75,28 +79,71 @@ def pick_precision(name: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
+def thin(records: list, max_points: int) -> list:
+    """At most max_points of the records, evenly spaced, always ending with the newest; a new list (a reader's own
+    copy, which a training thread's appends do not reach). A full History thins itself with it, every other record,
+    and the charts thin what they send."""
+    stride = max(1, math.ceil(len(records) / max_points))
+    return records[::-1][::stride][::-1]
+
+
 class History:
     """Per-step records, evaluations and events (shortcut switches, lr changes, rejected steps), bounded."""
 
     def __init__(self, points: int):
-        self.points = max(2, points + points % 2)  # even, so thinning [::2] keeps the newest record
+        self.points = max(2, points + points % 2)  # even: one record over, thinning keeps the first and the newest
         self.steps: list[dict] = []
         self.evals: list[dict] = []
         self.events: list[dict] = []
 
     def add_step(self, record: dict):
-        self.steps.append(record)
-        if len(self.steps) > self.points:
-            self.steps = self.steps[::2]
+        self.steps = self._kept(self.steps, record)
 
     def add_eval(self, record: dict):
-        self.evals.append(record)
-        if len(self.evals) > self.points:
-            self.evals = self.evals[::2]
+        self.evals = self._kept(self.evals, record)
+
+    def _kept(self, records: list[dict], record: dict) -> list[dict]:
+        records.append(record)
+        return thin(records, self.points) if len(records) > self.points else records
 
     def add_event(self, step: int, kind: str, text: str):
         self.events.append({"step": step, "kind": kind, "text": text})
         del self.events[: -self.points]
+
+
+class Snapshot:
+    """Copies of some tensors, and `restore()` to put them back: the undo of a step. `take` copies into the
+    previous copies' memory when the tensors match them in shape, so a step's snapshot allocates nothing."""
+
+    def __init__(self, tensors: list[torch.Tensor] | None = None):
+        self.tensors: list[torch.Tensor] = []
+        self.copies: list[torch.Tensor] = []
+        if tensors is not None:
+            self.take(tensors)
+
+    def take(self, tensors: list[torch.Tensor]) -> None:
+        def layout(ts):
+            return [(t.shape, t.dtype, t.device) for t in ts]
+
+        if layout(self.copies) == layout(tensors):
+            torch._foreach_copy_(self.copies, tensors)
+        else:  # the first snapshot, or the optimizer's state has appeared or changed
+            self.copies = [t.detach().clone() for t in tensors]
+        self.tensors = tensors
+
+    def restore(self) -> None:
+        torch._foreach_copy_(self.tensors, self.copies)
+
+
+@contextmanager
+def restored(tensors: list[torch.Tensor]):
+    """Run the block, then put `tensors` back as they were, even if it failed (train-mode BN moves its running
+    statistics on any forward pass, step or not)."""
+    snapshot = Snapshot(tensors)
+    try:
+        yield
+    finally:
+        snapshot.restore()
 
 
 class Session:
@@ -138,7 +185,7 @@ class Session:
             self.step_count = 0
             self.history = History(self.config.history_points)
             self._make_optimizer()
-            self._saved = None
+            self._undo = Snapshot()  # what train_step restores if its step diverges
 
     def _make_optimizer(self):
         c = self.config
@@ -171,7 +218,6 @@ class Session:
                 except ValueError:
                     self.config = old
                     raise
-                self._saved = None
                 self.history.add_event(self.step_count, "optimizer", f"optimizer = {optimizer}")
             if batch_size is not None and batch_size != self.config.batch_size:
                 check_batch_size(batch_size, len(self.data.train_y))
@@ -243,49 +289,41 @@ class Session:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """One optimizer step on (x, y). Returns the step's record, or {"rejected": reason} if it was undone."""
-        live = self._live_tensors()
-        if self._saved is None or len(self._saved) != len(live):
-            self._saved = [t.clone() for t in live]
-        else:
-            torch._foreach_copy_(self._saved, live)
+        self._undo.take(self._live_tensors())
         had_state = bool(self.optimizer.state)
 
         try:
             logits, loss, grads = self._forward_backward_step(x, y)
         except torch.OutOfMemoryError:
             # a batch too big for the accelerator: undo whatever ran (BN statistics), free the step's memory
-            torch._foreach_copy_(live[: len(self._saved)], self._saved)
+            self._undo.restore()
             self.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
 
-        # all statistics in one tensor, so the host waits for the device once per step
+        # The divergence guard is part of the algorithm: each layer's update/weight ratio is computed at every
+        # step, on the device, and its max decides. Telemetry only decides what else comes back to be recorded.
+        # All of it in one tensor, so the host waits for the device once per step.
         k = len(self.weights)
-        parts = [loss.detach().reshape(1), (logits.argmax(1) == y).float().mean().reshape(1)]
-        parts += torch._foreach_norm(grads)
-        # the divergence guard needs each layer's update/weight ratio, telemetry or not; telemetry only decides
-        # whether all of them come back to be recorded, or just their max
-        weight_norms = torch._foreach_norm(self._saved[:k])  # the weights the step started from
-        update_norms = torch._foreach_norm(torch._foreach_sub([w.detach() for w in self.weights], self._saved[:k]))
+        start = self._undo.copies[:k]  # the weights the step started from
+        weight_norms = torch.stack(torch._foreach_norm(start))  # (k,)
+        moved = torch._foreach_sub([w.detach() for w in self.weights], start)
+        ratios = torch.stack(torch._foreach_norm(moved)) / weight_norms.clamp_min(1e-12)  # (k,)
+        accuracy = (logits.argmax(1) == y).float().mean()
+        parts = [torch.stack([loss.detach().float(), accuracy, ratios.max()]), torch.stack(torch._foreach_norm(grads))]
         if self.config.telemetry:
-            parts += weight_norms + update_norms
-        else:
-            parts.append((torch.stack(update_norms) / torch.stack(weight_norms).clamp_min(1e-12)).max())
-        stats = torch.stack([p.float().reshape(()) for p in parts]).cpu().tolist()
+            parts += [weight_norms, ratios]
+        stats = torch.cat([p.float() for p in parts]).cpu().tolist()  # 3 + k floats, + 2k with telemetry
 
-        loss_value, acc = stats[0], stats[1]
-        if self.config.telemetry:
-            ratios = [u / max(w, 1e-12) for u, w in zip(stats[2 + 2 * k :], stats[2 + k : 2 + 2 * k])]
-        else:
-            ratios = stats[2 + k :]  # [their max]
+        loss_value, acc, max_ratio = stats[:3]
         reason = None
         if not all(math.isfinite(v) for v in stats):
             reason = f"{'loss' if not math.isfinite(loss_value) else 'gradients or weights'} not finite"
-        elif max(ratios, default=0) > MAX_UPDATE_RATIO:
-            reason = f"an update {max(ratios):.0f}x the size of its layer's weights"
+        elif max_ratio > MAX_UPDATE_RATIO:
+            reason = f"an update {max_ratio:.0f}x the size of its layer's weights"
         if reason:
-            torch._foreach_copy_(live[: len(self._saved)], self._saved)
+            self._undo.restore()
             if not had_state:
                 self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
@@ -302,11 +340,11 @@ class Session:
             "acc": acc,
             "lr": self.config.lr,
             "shortcuts": self.model.shortcuts,
-            "grad_norm": dict(zip(names, stats[2 : 2 + k])),
+            "grad_norm": dict(zip(names, stats[3 : 3 + k])),
         }
         if self.config.telemetry:
-            record["weight_norm"] = dict(zip(names, stats[2 + k : 2 + 2 * k]))
-            record["update_ratio"] = dict(zip(names, ratios))
+            record["weight_norm"] = dict(zip(names, stats[3 + k : 3 + 2 * k]))
+            record["update_ratio"] = dict(zip(names, stats[3 + 2 * k :]))
         return record
 
     def step(self, n: int = 1, batch=None) -> dict:
@@ -327,24 +365,38 @@ class Session:
                     self.history.add_eval({"step": self.step_count, **self.evaluate(self.config.eval_size)})
         return {"step": self.step_count, "done": done, "rejected": len(messages), "messages": messages, "last": last}
 
-    @torch.inference_mode()
     def evaluate(self, size: int | None = None, batch: int = 500) -> dict:
         """Loss and accuracy on the first `size` held-out images (all of them if None), in eval mode."""
+        return self.held_out(lambda x: [self.model(x)], size, batch)[0]
+
+    @torch.inference_mode()
+    def held_out(
+        self, outputs: Callable[[torch.Tensor], Iterable[torch.Tensor]], size: int | None = None, batch: int = 500
+    ) -> list[dict]:
+        """{"loss", "acc"} of each of the logits `outputs(x)` gives, on the first `size` held-out images (all if
+        None), `batch` images at a time, in eval mode (the model's mode is put back); `outputs` may run the model
+        in any way (twin.lesion_accuracies: with one block bypassed at a time). One loop for every evaluation."""
         with self.lock:
             x_all, y_all = self.data.test_x[:size], self.data.test_y[:size]
             was_training = self.model.training
             self.model.eval()
-            total_loss, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-            for i in range(0, len(y_all), batch):
-                x = normalize(x_all[i : i + batch]).contiguous(memory_format=self.memory_format)
-                y = y_all[i : i + batch]
-                with self._autocast():
-                    logits = self.model(x).float()
-                total_loss += F.cross_entropy(logits, y, reduction="sum")
-                correct += (logits.argmax(1) == y).sum()
-            self.model.train(was_training)
+            sums = []  # per output: (summed loss, correct count), on the device until the end
+            try:
+                for i in range(0, len(y_all), batch):
+                    x = normalize(x_all[i : i + batch]).contiguous(memory_format=self.memory_format)
+                    y = y_all[i : i + batch]
+                    with self._autocast():
+                        logits = [out.float() for out in outputs(x)]  # each (B, classes)
+                    rows = [
+                        torch.stack([F.cross_entropy(o, y, reduction="sum"), (o.argmax(1) == y).sum().float()])
+                        for o in logits
+                    ]
+                    sums = [a + b for a, b in zip(sums, rows)] if sums else rows
+            finally:
+                self.model.train(was_training)
             n = max(len(y_all), 1)
-            return {"loss": total_loss.item() / n, "acc": correct.item() / n}
+            totals = torch.stack(sums).tolist() if sums else [[0.0, 0.0]]  # no images: nothing lost, nothing right
+            return [{"loss": loss / n, "acc": correct / n} for loss, correct in totals]
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor, shortcuts: list[bool] | None = None) -> dict:
         """Loss and per-layer gradients for one labelled batch (the notebook's experiment), without a step.
@@ -354,22 +406,22 @@ class Session:
         """
         with self.lock:
             before = self.model.shortcuts
-            buffers = [b.clone() for b in self.model.buffers()]  # train-mode BN would move its statistics
-            try:
-                if shortcuts is not None:
-                    for i, on in enumerate(shortcuts, 1):
+            # train-mode BN moves its running statistics on this forward pass: they are put back after it
+            with restored(list(self.model.buffers())):
+                try:
+                    if shortcuts is not None:
+                        for i, on in enumerate(shortcuts, 1):
+                            self.model.set_shortcut(on, i)
+                    self.model.train()
+                    self.model.zero_grad(set_to_none=True)
+                    x = x.to(self.device).contiguous(memory_format=self.memory_format)
+                    loss = F.cross_entropy(self.model(x), y.to(self.device))
+                    loss.backward()
+                    grads = self._layer_grads()
+                finally:
+                    for i, on in enumerate(before, 1):
                         self.model.set_shortcut(on, i)
-                self.model.train()
-                self.model.zero_grad(set_to_none=True)
-                x = x.to(self.device).contiguous(memory_format=self.memory_format)
-                loss = F.cross_entropy(self.model(x), y.to(self.device))
-                loss.backward()
-                grads = self._layer_grads()
-            finally:
-                for i, on in enumerate(before, 1):
-                    self.model.set_shortcut(on, i)
-                torch._foreach_copy_(list(self.model.buffers()), buffers)
-                self.model.zero_grad(set_to_none=True)
+                    self.model.zero_grad(set_to_none=True)
             return {"loss": loss.item(), "grad_norm": {n: g.norm().item() for n, g in grads.items()}, "grads": grads}
 
     def teach(self, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -413,11 +465,17 @@ class Session:
         }
 
 
+def _number(value) -> bool:
+    """A real number, and not a bool (True would pass for 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_lr(lr: float) -> None:
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1e4:
+    if not _number(lr) or not 0 < lr <= 1e4:
         raise UserError(f"learning rate must be a number in (0, 10000]; got {lr!r}")
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
-    if int(batch_size) != batch_size or not 1 <= batch_size <= min(n_train, 4096):
-        raise UserError(f"batch size must be a whole number from 1 to {min(n_train, 4096)}; got {batch_size!r}")
+    top = min(n_train, 4096)
+    if not _number(batch_size) or batch_size != int(batch_size) or not 1 <= batch_size <= top:
+        raise UserError(f"batch size must be a whole number from 1 to {top}; got {batch_size!r}")

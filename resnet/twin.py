@@ -6,12 +6,13 @@ gradient against its depth, and lesions (Veit et al. 2016): bypass one block at 
 """
 
 import threading
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .data import Dataset, normalize
-from .engine import History, Session, TrainConfig
+from .engine import History, Session, TrainConfig, restored, thin
 from .model import ResNet, ResNetConfig
 
 
@@ -144,22 +145,13 @@ class TwinSession:
             record = {"step": self.residual.step_count, "blocks": gradient_routes(self.residual.model, *self.probe())}
             self.routes.append(record)
             if len(self.routes) > self.route_points:
-                self.routes = self.routes[::2]
+                self.routes = thin(self.routes, self.route_points)
             return record
 
     def lesions(self, size: int = 500) -> dict[str, list[dict]]:
         """lesion_accuracies of both twins: {"residual": [...], "plain": [...]}."""
         with self.lock:
             return {"residual": lesion_accuracies(self.residual, size), "plain": lesion_accuracies(self.plain, size)}
-
-    def summary(self) -> dict:
-        with self.lock:
-            return {
-                "step": self.step_count,
-                "residual": self.residual.summary(),
-                "plain": self.plain.summary(),
-                "routes": len(self.routes),
-            }
 
 
 def _merge(step: int, reports: list[dict]) -> dict:
@@ -196,10 +188,10 @@ def route_gradients(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tup
     in training; the running statistics, the model's mode and the parameters' .grad are left as they were.
     """
     was_training = model.training
-    buffers = [b.clone() for b in model.buffers()]  # train-mode BN moves its running statistics
-    try:
-        model.train()
-        with torch.enable_grad():
+    # train-mode BN moves its running statistics: they are put back after
+    with restored(list(model.buffers())), torch.enable_grad():
+        try:
+            model.train()
             h = model.stem(x)  # (B, stem_width, 32, 32)
             taps = []  # per block: (index, input, what the residual branch reads, what the shortcut reads)
             for i, block in enumerate(model.blocks, 1):
@@ -213,9 +205,8 @@ def route_gradients(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tup
             loss = F.cross_entropy(model.head(h), y)
             wanted = [t for _, *tensors in taps for t in tensors]
             grads = torch.autograd.grad(loss, wanted) if wanted else ()  # one backward pass for every route
-    finally:
-        torch._foreach_copy_(list(model.buffers()), buffers)
-        model.train(was_training)
+        finally:
+            model.train(was_training)
     return [(i, *grads[3 * k : 3 * k + 3]) for k, (i, *_) in enumerate(taps)]
 
 
@@ -228,24 +219,8 @@ def lesion_accuracies(session: Session, size: int = 500, chunk: int = 200) -> li
     shortcut path it never trained (identity, or an untrained projection). Returns [{"block": None, "acc",
     "loss"} for the intact net, then {"block": i, "acc", "loss"} for i = 1..blocks], on the first `size` images.
     """
-    model, n_blocks = session.model, len(session.model.blocks)
-    with session.lock, torch.inference_mode():
-        was_training = model.training
-        model.eval()
-        loss, correct = [0.0] * (n_blocks + 1), [0] * (n_blocks + 1)  # index 0: intact, i: block i bypassed
-        try:
-            x_all, y_all = session.data.test_x[:size], session.data.test_y[:size]
-            for start in range(0, len(y_all), chunk):
-                x = normalize(x_all[start : start + chunk]).contiguous(memory_format=session.memory_format)
-                y = y_all[start : start + chunk]
-                with session._autocast():
-                    for k, logits in enumerate(_lesioned_logits(model, x)):
-                        loss[k] += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                        correct[k] += (logits.argmax(1) == y).sum().item()
-        finally:
-            model.train(was_training)
-    n = max(len(y_all), 1)
-    return [{"block": k or None, "acc": correct[k] / n, "loss": loss[k] / n} for k in range(n_blocks + 1)]
+    rows = session.held_out(partial(_lesioned_logits, session.model), size, chunk)
+    return [{"block": k or None, **row} for k, row in enumerate(rows)]
 
 
 def _lesioned_logits(model: ResNet, x: torch.Tensor):

@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet.engine import History, Session, TrainConfig
+from resnet import charts
+from resnet.data import normalize
+from resnet.engine import History, Session, TrainConfig, thin
+from resnet.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # batches of 8-16: one thread, not two contending for 2 cores
 
 
 def session(**changes) -> Session:
@@ -122,13 +127,35 @@ def test_lr_optimizer_and_batch_size_change_mid_run():
         {"lr": -1},
         {"lr": float("nan")},
         {"lr": 1e6},
+        {"lr": "0.1"},
+        {"lr": True},  # not a learning rate of 1
         {"batch_size": 0},
         {"optimizer": "lion"},
         {"batch_size": 10**6},
+        {"batch_size": 8.5},
+        {"batch_size": float("nan")},
+        {"batch_size": float("inf")},
+        {"batch_size": "16"},
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(UserError):  # a bad setting: the learner reads the message
             s.configure(**bad)
-    assert isinstance(s.optimizer, torch.optim.SGD) and s.config.batch_size == 8
+    assert isinstance(s.optimizer, torch.optim.SGD) and s.config.batch_size == 8 and s.config.lr == 0.05
+    with pytest.raises(UserError, match="unknown optimizer"):
+        Session(TrainConfig(optimizer="lion", batch_size=8))
+
+
+def test_evaluation_is_the_models_held_out_loss_and_accuracy_in_eval_mode():
+    s = session()
+    s.step(2)  # BN running statistics that differ from a fresh net's
+    before = state_of(s)
+    reference = copy.deepcopy(s.model).double().eval()
+    x, y = normalize(s.data.test_x[:70]).double(), s.data.test_y[:70]
+    logits = reference(x)
+    result = s.evaluate(70, batch=32)  # three chunks: 32, 32, 6
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    assert result["acc"] == (logits.argmax(1) == y).sum().item() / 70
+    assert s.model.training and s.shortcuts == [True] * 3
+    assert_same_state(state_of(s), before)  # eval mode: BN statistics untouched
 
 
 def test_evaluation_is_recorded_every_k_steps():
@@ -142,17 +169,28 @@ def test_history_is_thinned_not_cut():
     h = History(points=10)
     for i in range(1, 101):
         h.add_step({"step": i})
+        h.add_eval({"step": i})
     steps = [r["step"] for r in h.steps]
     assert len(steps) <= 10 and steps[-1] == 100 and steps[0] == 1
     assert steps == sorted(steps)
+    assert h.evals == h.steps  # one way to thin, for both
+
+
+def test_thinning_keeps_the_newest_evenly_spaced_and_is_the_charts_too():
+    for n in range(0, 40):
+        records = list(range(n))
+        for cap in (1, 2, 5, 7, 10):
+            kept = thin(records, cap)
+            assert len(kept) <= cap and (kept[-1] == n - 1 if n else kept == [])
+            assert len(set(b - a for a, b in zip(kept, kept[1:]))) <= 1  # one stride
+            assert kept is not records  # a copy: a reader's, untouched by the trainer's appends
+            assert charts.thin(records, cap) == kept
 
 
 def test_gradients_of_one_image_with_shortcuts_on_and_off_leave_the_session_untouched():
     s = session()
     before, shortcuts = state_of(s), s.shortcuts
     x, y = s.data.train_x[:1], s.data.train_y[:1]
-    from resnet.data import normalize
-
     on = s.gradients(normalize(x), y)
     off = s.gradients(normalize(x), y, shortcuts=[False] * 3)
     assert on["loss"] != off["loss"]
@@ -164,8 +202,6 @@ def test_gradients_of_one_image_with_shortcuts_on_and_off_leave_the_session_unto
 
 def test_teach_takes_one_recorded_step():
     s = session()
-    from resnet.data import normalize
-
     record = s.teach(normalize(s.data.train_x[:1]), s.data.train_y[:1])
     assert record["step"] == 1 and s.history.steps[-1]["step"] == 1
     assert record["grads"]["block1.conv1"].shape == (64, 64, 3, 3)  # the notebook prints these for layer2
@@ -174,8 +210,6 @@ def test_teach_takes_one_recorded_step():
 
 def test_mixed_in_image_sits_in_the_next_batches_only():
     s = session(augment=False)
-    from resnet.data import normalize
-
     x, y = normalize(s.data.test_x[:1]), torch.tensor([7])
     s.mix_in(x, y, steps=2)
     for _ in range(2):
@@ -204,10 +238,29 @@ def test_out_of_memory_fails_the_step_restores_it_and_training_goes_on(monkeypat
 
 
 @pytest.mark.parametrize("telemetry", [True, False])
-def test_a_divergent_step_is_rejected_with_or_without_telemetry(telemetry, one_thread):
+def test_a_divergent_step_is_rejected_with_or_without_telemetry(telemetry):
     # the guard is part of the algorithm, not of what is recorded: without telemetry it must still hold
     s = Session(TrainConfig(lr=1e3, batch_size=8, eval_every=0, telemetry=telemetry, precision="fp32"))
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
     report = s.step(3)
     assert report["rejected"] == 3 and report["done"] == 0 and "rejected" in report["messages"][0]
     assert all(torch.equal(before[k], v) for k, v in s.model.state_dict().items())
+
+
+def test_telemetry_changes_what_is_recorded_never_how_it_trains():
+    # the same run, good steps and divergent ones: with telemetry off, the same steps are taken and rejected
+    runs = {}
+    for telemetry in (True, False):
+        s = Session(TrainConfig(batch_size=8, eval_every=0, telemetry=telemetry, precision="fp32", seed=1))
+        reports = [s.step(2)]
+        s.configure(lr=1e3)
+        reports.append(s.step(2))
+        s.configure(lr=1e-3)
+        reports.append(s.step(2))
+        runs[telemetry] = (s, reports)
+    (on, on_reports), (off, off_reports) = runs[True], runs[False]
+    assert [r["rejected"] for r in off_reports] == [r["rejected"] for r in on_reports] == [0, 2, 0]
+    assert [r["loss"] for r in off.history.steps] == [r["loss"] for r in on.history.steps]
+    assert [r["grad_norm"] for r in off.history.steps] == [r["grad_norm"] for r in on.history.steps]
+    assert_same_state(state_of(off), state_of(on))
+    assert "update_ratio" in on.history.steps[-1] and "update_ratio" not in off.history.steps[-1]
