@@ -43,8 +43,49 @@ PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pau
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
 
+LEARN_EN = """
+### Residual connections, in four points (from the course notebook)
+- A residual connection adds a block's **input directly to its output**: `out = relu(F(x) + x)`.
+- It eases the **vanishing gradient** problem of deep networks: the `+ x` passes the gradient back unchanged.
+- Information can **skip layers**: it does not have to pass through every block.
+- Deep networks **train faster and better**: a block only has to learn the residual `F(x) = H(x) - x`.
+
+### The notebook's code, and its bug
+The notebook's `ResidualBlock` builds `self.shortcut` (a 1x1 conv + BN for the 64→128 block) but `forward` never
+uses it: the `downsample` argument does that work, and `shortcut`'s 8,576 parameters sit idle. Here each block has
+one `shortcut` (identity, or a projection where the shape changes) that you can switch off: the block becomes the
+"plain" `relu(F(x))` with the same weights.
+
+### Things to try
+1. Press **Play**, and at step ~200 untick **All shortcuts on**. Watch the loss jump and the gradient norms of
+   the early layers (dark lines) fall: the gradient now has to pass through every conv.
+2. Reset with **ResNet-56**, train with shortcuts off, then on (Reset between): the deep plain net barely learns.
+3. Draw a shape, then switch shortcuts off: the prediction changes although no weight did.
+4. Set the learning rate to 1000 and Step: the step is rejected and the weights restored.
+"""
+
+LEARN_ZH = """
+### 残差连接的四个要点（来自课程笔记）
+- 残差连接把残差块的**输入直接加到输出上**：`out = relu(F(x) + x)`。
+- 它缓解深层网络中的**梯度消失**问题：`+ x` 让梯度原样传回。
+- 信息可以**跳过若干层**传递，不必经过所有层。
+- 提高深层神经网络的**训练效率**：每个块只需学习残差 `F(x) = H(x) - x`。
+
+### 笔记中的代码和它的错误
+笔记里的 `ResidualBlock` 构建了 `self.shortcut`（64→128 块中的 1×1 卷积加批归一化），但 `forward` 从未使用它：
+真正起作用的是参数 `downsample`，`shortcut` 的 8,576 个参数闲置。这里每个块只有一个可以关闭的 `shortcut`
+（恒等映射，或在形状变化处的投影）；关闭后，同样的权重变成"普通"块 `relu(F(x))`。
+
+### 试一试
+1. 按 **播放**，在第 200 步左右取消 **全部残差连接开启**：损失跳升，靠近输入的层（深色线）的梯度范数下降。
+2. 选择 **ResNet-56** 重置，分别关闭和开启残差连接训练：深层普通网络几乎学不动。
+3. 画一个图形，然后关闭残差连接：权重没变，预测却变了。
+4. 把学习率设为 1000 再单步：这一步被拒绝，权重被恢复。
+"""
+
 I18N = gr.I18n(
     en={
+        "learn_text": LEARN_EN,
         "title": "# ResNet Playground\nTrain a residual network, switch its shortcuts off and on while it learns, "
         "and watch the gradients. Draw a shape to see what it thinks.",
         "train": "Training",
@@ -84,6 +125,11 @@ I18N = gr.I18n(
         "use_zip": "Train on my zip",
         "download": "Download model",
         "download_run": "Download my run (CSV)",
+        "adam": "Adam",
+        "sgd": "SGD (momentum 0.9)",
+        "notebook_net": "the notebook's net (0.6M parameters)",
+        "grad_tensor": "The chosen layer's weight gradient",
+        "grad_norms": "Gradient norm of every layer",
         "run_file": "Your run: loss, accuracy, gradient norms, events per step",
         "model_file": "Model file (.zip)",
         "repo": "Hugging Face repo id",
@@ -99,6 +145,8 @@ I18N = gr.I18n(
         "residual branch.",
     },
     zh={
+        "learn_text": LEARN_ZH,
+        "common.complete": "完成",  # gradio's own zh locale lacks this key (its File and progress widgets use it)
         "title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
         "画一个图形，看看它怎么认。",
         "train": "训练",
@@ -128,7 +176,7 @@ I18N = gr.I18n(
         "teach_image": "它将学习的图片",
         "teach_step": "用它单独训练一步",
         "mix": "混入接下来的 20 个批次",
-        "compare": "梯度：连接开 vs 关",
+        "compare": "梯度：残差连接开启与关闭对比",
         "layer": "层",
         "learn": "学习",
         "status": "状态",
@@ -138,13 +186,18 @@ I18N = gr.I18n(
         "use_zip": "用我的 zip 训练",
         "download": "下载模型",
         "download_run": "下载我的训练记录（CSV）",
+        "adam": "Adam",
+        "sgd": "SGD（动量 0.9）",
+        "notebook_net": "笔记中的网络（60 万参数）",
+        "grad_tensor": "所选层的权重梯度",
+        "grad_norms": "每一层的梯度范数",
         "run_file": "你的训练记录：每一步的损失、准确率、梯度范数和事件",
         "model_file": "模型文件（.zip）",
         "repo": "Hugging Face 仓库 ID",
         "load": "加载模型（文件或仓库）",
         "token": "Hub 写入令牌（只用一次，不保存）",
         "push": "推送模型到我的 Hub 仓库",
-        "twins": "残差 vs 普通",
+        "twins": "残差与普通对比",
         "lesion": "损伤实验：每次绕过一个残差块（留出集准确率）",
         "twins_intro": "两个网络从**相同的权重**出发，在**相同的批次**上训练：一个有残差连接，"
         "一个没有（它的*普通孪生*）。网络越深（ResNet-56），普通网络越学不动：这就是 He 等人所说的"
@@ -213,7 +266,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "（笔记中用它唯一的输入、类别 3 训练一步，损失是 2.2598）。",
         "mixed": "你的 **{label}** 会出现在接下来 20 个训练批次的每一批中：按“走 N 步”或“播放”。",
         "compared": "残差连接开启时的损失：{on:.4f} · 关闭时：{off:.4f}（没有训练）。",
-        "twin_status": "**第 {step} 步** · {depth} 层，残差 vs 普通，相同的初始权重，相同的批次",
+        "twin_status": "**第 {step} 步** · {depth} 层，残差网络与普通网络，相同的初始权重，相同的批次",
         "twin_line": "{name}：训练损失 {loss:.3f}{held}",
         "twin_held": "，留出集准确率 {acc:.1%}",
         "residual": "残差网络",
@@ -223,46 +276,6 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "off": "残差连接关闭",
     },
 }
-
-LEARN_EN = """
-### Residual connections, in four points (from the course notebook)
-- A residual connection adds a block's **input directly to its output**: `out = relu(F(x) + x)`.
-- It eases the **vanishing gradient** problem of deep networks: the `+ x` passes the gradient back unchanged.
-- Information can **skip layers**: it does not have to pass through every block.
-- Deep networks **train faster and better**: a block only has to learn the residual `F(x) = H(x) - x`.
-
-### The notebook's code, and its bug
-The notebook's `ResidualBlock` builds `self.shortcut` (a 1x1 conv + BN for the 64→128 block) but `forward` never
-uses it: the `downsample` argument does that work, and `shortcut`'s 8,576 parameters sit idle. Here each block has
-one `shortcut` (identity, or a projection where the shape changes) that you can switch off: the block becomes the
-"plain" `relu(F(x))` with the same weights.
-
-### Things to try
-1. Press **Play**, and at step ~200 untick **All shortcuts on**. Watch the loss jump and the gradient norms of
-   the early layers (dark lines) fall: the gradient now has to pass through every conv.
-2. Reset with **ResNet-56**, train with shortcuts off, then on (Reset between): the deep plain net barely learns.
-3. Draw a shape, then switch shortcuts off: the prediction changes although no weight did.
-4. Set the learning rate to 1000 and Step: the step is rejected and the weights restored.
-"""
-
-LEARN_ZH = """
-### 残差连接的四个要点（来自课程笔记）
-- 残差连接把残差块的**输入直接加到输出上**：`out = relu(F(x) + x)`。
-- 它缓解深层网络中的**梯度消失**问题：`+ x` 让梯度原样传回。
-- 信息可以**跳过若干层**传递，不必经过所有层。
-- 提高深层神经网络的**训练效率**：每个块只需学习残差 `F(x) = H(x) - x`。
-
-### 笔记中的代码和它的错误
-笔记里的 `ResidualBlock` 构建了 `self.shortcut`（64→128 块中的 1x1 卷积 + BN），但 `forward` 从未使用它：
-真正起作用的是参数 `downsample`，`shortcut` 的 8,576 个参数闲置。这里每个块只有一个可以关闭的 `shortcut`
-（恒等映射，或在形状变化处的投影）；关闭后，同样的权重变成"普通"块 `relu(F(x))`。
-
-### 试一试
-1. 按 **播放**，在第 200 步左右取消 **全部残差连接开启**：损失跳升，靠近输入的层（深色线）的梯度范数下降。
-2. 选择 **ResNet-56** 重置，分别关闭和开启残差连接训练：深层普通网络几乎学不动。
-3. 画一个图形，然后关闭残差连接：权重没变，预测却变了。
-4. 把学习率设为 1000 再单步：这一步被拒绝，权重被恢复。
-"""
 
 # A chart that persists across updates: plotly.js draws into a fixed div and `Plotly.react` updates it in place,
 # so zoom and hover survive (a gr.Plot output re-creates its chart on every streamed update).
@@ -288,6 +301,14 @@ def chart_row(*elem_ids: str) -> list[gr.HTML]:
             with gr.Column(min_width=340):
                 charts_.append(live_chart(elem_id))
     return charts_
+
+
+OPTIMIZER_CHOICES = [(I18N("adam"), "adam"), (I18N("sgd"), "sgd")]
+
+
+def architecture_choices() -> list[tuple]:
+    """Network names as the paper has them; the notebook's net, described in the learner's language."""
+    return [(I18N("notebook_net") if n == 0 else name, name) for name, n in ARCHITECTURES.items()]
 
 
 def live_chart(elem_id: str) -> gr.HTML:
@@ -842,11 +863,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab(I18N("twins"), id="twins"):
                 twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
-                with gr.Tabs():
-                    with gr.Tab("English"):
-                        gr.Markdown(LEARN_EN)
-                    with gr.Tab("中文"):
-                        gr.Markdown(LEARN_ZH)
+                gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
         wire_training(demo, ui, seen, taught, own, last_x)
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
@@ -874,12 +891,12 @@ def training_panel() -> SimpleNamespace:
             all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
             blocks_on = gr.CheckboxGroup([], label=I18N("block_shortcuts"), elem_id="block_shortcuts")
             with gr.Accordion(I18N("train"), open=True):
-                optimizer = gr.Radio(["adam", "sgd"], value="adam", label=I18N("optimizer"))
+                optimizer = gr.Radio(OPTIMIZER_CHOICES, value="adam", label=I18N("optimizer"))
                 lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
                 batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
                 dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
                 architecture = gr.Dropdown(
-                    list(ARCHITECTURES), value=list(ARCHITECTURES)[0], label=I18N("architecture")
+                    architecture_choices(), value=list(ARCHITECTURES)[0], label=I18N("architecture")
                 )
                 seed = gr.Number(0, label=I18N("seed"), precision=0)
                 reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
@@ -953,8 +970,8 @@ def teach_tab() -> SimpleNamespace:
         compare_btn = gr.Button(I18N("compare"), elem_id="compare")
     teach_text = gr.Markdown()
     with gr.Row():
-        grad_tensor = gr.Plot(label="gradient tensor")
-        grad_norms = gr.Plot(label="gradient norm per layer")
+        grad_tensor = gr.Plot(label=I18N("grad_tensor"))
+        grad_norms = gr.Plot(label=I18N("grad_norms"))
     return SimpleNamespace(
         preview=preview, true_label=true_label, layer=layer, teach_btn=teach_btn, mix_btn=mix_btn,
         compare_btn=compare_btn, teach_text=teach_text, grad_tensor=grad_tensor, grad_norms=grad_norms,
@@ -987,7 +1004,7 @@ def twins_tab() -> None:
     """A residual net and its plain twin, side by side, with its own controls and charts."""
     gr.Markdown(I18N("twins_intro"))
     with gr.Row():
-        twin_arch = gr.Dropdown(list(ARCHITECTURES), value="ResNet-20", label=I18N("architecture"), min_width=160)
+        twin_arch = gr.Dropdown(architecture_choices(), value="ResNet-20", label=I18N("architecture"), min_width=160)
         twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
         twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
         twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)

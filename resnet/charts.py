@@ -472,7 +472,7 @@ ZH_WHOLE = {
     "Gradient norm per layer, input → output": "每层的梯度范数，从输入到输出",
     "Gradient norm vs depth": "梯度范数与深度",
     "layer (1 = stem, input side)": "层（1 = stem，输入端）",
-    "Gradient into each block: shortcut vs residual branch": "流入每个残差块的梯度：残差连接 vs 残差分支",
+    "Gradient into each block: shortcut vs residual branch": "流入每个残差块的梯度：残差连接与残差分支",
     "‖∂loss/∂x‖ per route": "每条路径的 ‖∂loss/∂x‖",
     "Lesions: one block bypassed at test time": "损伤实验：测试时绕过一个残差块",
     "bypassed block": "被绕过的残差块",

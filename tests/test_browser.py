@@ -232,3 +232,62 @@ def test_a_reload_keeps_the_learners_run(page: Page):
     wait_for_step(page, 2, LOAD_MS)  # the same browser finds its run again, not a fresh one
     page.click("#step")
     wait_for_step(page, 3)
+
+
+# words a Chinese page may still show in Latin letters: layer, dataset, network and device names, units and brands
+ALLOWED_LATIN = re.compile(
+    r"^(stem|fc|block\d+(\.(conv\d|shortcut|proj\w*))?|conv\d|shapes|cifar10|mnist|fashion_mnist|ResNet(-\d+)?|Adam|SGD|shortcut|He|"
+    r"cpu|cuda|mps|bf16|fp32|log10|N|ID|zip|CSV|Hub|Hugging|Face|huggingface|co|settings|tokens|you|resnet|"
+    r"playground|English|Gradio|API|png|jpg|cat|dog|x|F|H|W|g|MB)$"
+)
+ZH_TABS = ["预测", "用你的图片教它", "你的数据，你的模型", "残差与普通对比", "学习"]
+
+
+def latin_words(page: Page) -> set[str]:
+    """Visible words in Latin letters, outside code (the Learn tab quotes the notebook's code) and formulas."""
+    text = page.evaluate(
+        """() => { let t = document.body.innerText;
+                   for (const c of document.querySelectorAll('code, pre')) t = t.split(c.innerText).join(' ');
+                   return t.split('∂loss').join(' '); }"""
+    )  # ∂loss/∂W: the gradient, written as the notebook writes it
+    words = {w.strip(".-") for w in re.findall(r"[A-Za-z][A-Za-z0-9_.\-]*", text)}
+    return {w for w in words if not ALLOWED_LATIN.match(w)}
+
+
+def test_every_tab_in_chinese_shows_no_english(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(STEP_MS)
+        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+        expect(page.locator("#status")).to_contain_text("第 0 步", timeout=LOAD_MS)
+        page.click("#step")
+        expect(page.locator("#status")).to_contain_text("第 1 步")
+        english = {"main": latin_words(page)}
+        for tab in ZH_TABS:
+            page.get_by_role("tab", name=tab, exact=True).click()
+            time.sleep(0.5)
+            english[tab] = latin_words(page)
+        found = {k: sorted(v) for k, v in english.items() if v}
+        if found:
+            pytest.fail(f"English on the Chinese page: {found}")
+    finally:
+        context.close()
+
+
+def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser, app_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(STEP_MS)
+        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+        wait_for_step(page, 0, LOAD_MS)
+        boxes = [page.locator(c).bounding_box() for c in CHARTS]
+        assert all(b["width"] >= 300 for b in boxes), boxes  # each chart has the screen's width to itself
+        tops = [b["y"] for b in boxes]
+        assert tops == sorted(tops) and len(set(round(t) for t in tops)) == 4, boxes  # one per row
+        for chart, box in zip(CHARTS, boxes):
+            title = page.locator(f"{chart} .gtitle").bounding_box()
+            assert box["x"] <= title["x"] and title["x"] + title["width"] <= box["x"] + box["width"], chart
+    finally:
+        context.close()
