@@ -111,9 +111,12 @@ class SessionPool:
         return session
 
     def peek(self, key: str):
-        """This learner's session if they have one, else None: looking takes no seat."""
+        """This learner's session if they have one, else None: looking takes no seat (and sweeps, as any visit)."""
         with self._lock:
-            return self._sessions.get(key)
+            freed, session = self._sweep(), self._sessions.get(key)
+        if freed:
+            release_memory()
+        return session
 
     def leave(self, key: str, grace_seconds: float) -> None:
         """The learner's page is gone (closed, or being reloaded): end their run, and free their seat unless they
