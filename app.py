@@ -21,7 +21,7 @@ import plotly
 import plotly.graph_objects as go
 import torch
 
-from resnet import charts, checkpoint, hub, inference, runlog
+from resnet import charts, checkpoint, guided, hub, inference, runlog
 from resnet.data import DATASETS, MEAN, STD
 from resnet.engine import Session, TrainConfig, pick_device
 from resnet.errors import UserError
@@ -40,6 +40,7 @@ MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.i
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
+GUIDED_FAST = os.environ.get("PLAYGROUND_GUIDED_FAST") == "1"  # guided experiments at the tests' (fast) settings
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
 
@@ -86,6 +87,10 @@ LEARN_ZH = """
 I18N = gr.I18n(
     en={
         "learn_text": LEARN_EN,
+        "guided": "Guided experiments",
+        "guided_pick": "Pick a claim to check",
+        "guided_run": "▶ Run this experiment",
+        **{f"guided_{e.id}": e.texts(fast=GUIDED_FAST)["title"]["en"] for e in guided.EXPERIMENTS.values()},
         "title": "# ResNet Playground\nTrain a residual network, switch its shortcuts off and on while it learns, "
         "and watch the gradients. Draw a shape to see what it thinks.",
         "train": "Training",
@@ -146,6 +151,10 @@ I18N = gr.I18n(
     },
     zh={
         "learn_text": LEARN_ZH,
+        "guided": "引导实验",
+        "guided_pick": "选一个要验证的结论",
+        "guided_run": "▶ 运行这个实验",
+        **{f"guided_{e.id}": e.texts(fast=GUIDED_FAST)["title"]["zh"] for e in guided.EXPERIMENTS.values()},
         "common.complete": "完成",  # gradio's own zh locale lacks this key (its File and progress widgets use it)
         "title": "# 残差网络游乐场\n训练一个残差网络，在它学习时随时开关残差连接（shortcut），观察梯度的变化。"
         "画一个图形，看看它怎么认。",
@@ -240,6 +249,14 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "this_step": "this step",
         "on": "shortcuts on",
         "off": "shortcuts off",
+        "setup": "What it sets up:",
+        "watch": "What to watch:",
+        "expect": "What to expect:",
+        "no_recording": "No recorded run of this experiment is shipped.",
+        "recorded": "**Recorded run** (below), made by `python -m resnet.experiment --guided --record assets/recorded` "
+        "on {cpu}, {date}, in {seconds:.0f} s: {readout}",
+        "guided_progress": "Running: {steps} of {total} training steps, phase {phase} of {phases}.",
+        "guided_stopped": "Stopped. Run it again to start over.",
     },
     "zh": {
         "oom": "加速器内存不足：请减小批大小。",
@@ -274,6 +291,14 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "this_step": "这一步",
         "on": "残差连接开启",
         "off": "残差连接关闭",
+        "setup": "实验设置：",
+        "watch": "观察哪里：",
+        "expect": "预期结果：",
+        "no_recording": "这个实验没有附带录制的运行。",
+        "recorded": "**录制的运行**（见下图），由 `python -m resnet.experiment --guided --record assets/recorded` "
+        "在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}",
+        "guided_progress": "运行中：第 {steps}/{total} 个训练步，第 {phase}/{phases} 个阶段。",
+        "guided_stopped": "已停止。再次运行会从头开始。",
     },
 }
 
@@ -784,10 +809,115 @@ def room() -> dict:
 
 def close(request: gr.Request):
     """The page is gone, or reloading: its runs end now, its seats are freed unless it is back within a grace."""
-    for key in (learner(request), twin_key(request)):
+    for key in (learner(request), twin_key(request), guided_key(request)):
         POOL.leave(key, RELOAD_GRACE_SECONDS)
     shutil.rmtree(downloads(request), ignore_errors=True)
     LEARNERS.pop(request.session_hash, None)  # the tab is gone: free its models now, not in an hour
+
+
+# --- guided experiments -----------------------------------------------------------------------------------------
+def guided_key(request: gr.Request) -> str:
+    return learner(request) + ":guided"  # a guided run takes a seat of its own, beside the learner's session
+
+
+def guided_texts(experiment_id: str) -> dict:
+    return guided.get(experiment_id).texts(fast=GUIDED_FAST)
+
+
+def guided_turn(run: guided.GuidedRun, n: int) -> dict:
+    """One hardware turn of a guided run, as the pool's runs report it."""
+    before = run.progress()["steps"]
+    progress = run.advance(n)
+    done = progress["steps"] - before
+    return {"step": progress["steps"], "done": done, "rejected": 0, "messages": [], "last": None,
+            "finished": progress["done"]}  # fmt: skip
+
+
+def guided_figures(experiment: guided.Experiment, history, records: list[dict]) -> list[dict]:
+    """The run's chart and its readout chart, for a live run or a recorded one alike."""
+    revision = id(history)
+    if experiment.chart == "grad_norm":
+        main = charts.grad_norm_figure(history, revision)
+    else:
+        main = charts.loss_figure(history, revision)
+    readout = charts.accuracy_figure(history, revision)
+    switch = next((r for r in records if r["kind"] == "shortcuts"), None)
+    lesions = next((r for r in records if r["kind"] == "lesions"), None)
+    drawing = next((r for r in records if r["kind"] == "gradients"), None)
+    if switch is not None:
+        steps = history["steps"] if isinstance(history, dict) else history.steps
+        if any(r["step"] > switch["step"] for r in steps):
+            k = (experiment.fast if GUIDED_FAST else experiment.full).window
+            readout = charts.before_after_figure(guided.before_after(history, switch["step"], k), revision)
+    elif lesions is not None:
+        readout = charts.lesion_figure(lesions["lesions"], revision)
+    elif drawing is not None:
+        readout = charts.grad_norm_bars_figure(
+            {say("on"): drawing["on"]["grad_norm"], say("off"): drawing["off"]["grad_norm"]}
+        )
+    return [translated(main), translated(readout)]
+
+
+@user_errors
+def guided_show(experiment_id):
+    """What an experiment sets up, what to watch, what to expect, and its recorded run, before it runs."""
+    texts, lang = guided_texts(experiment_id), LANG.get()
+    guide = "  \n".join(f"**{say(part)}** {texts[part][lang]}" for part in ("setup", "watch", "expect"))
+    try:
+        recorded = guided.load_recorded(experiment_id)
+    except UserError:
+        return guide, None, say("no_recording")
+    m = recorded["machine"]
+    note = say("recorded", cpu=m["cpu"], date=m["date"][:10], seconds=recorded["seconds"],
+               readout=recorded["effect"]["readout"][lang])  # fmt: skip
+    main, _ = guided_figures(guided.get(experiment_id), recorded["history"], recorded["records"])
+    return guide, main, note
+
+
+@user_errors
+def guided_run(experiment_id, request: gr.Request):
+    """Set the experiment up on a network of its own, run it a turn at a time, and check its claim at the end."""
+    key, lang = guided_key(request), LANG.get()
+    run = guided.GuidedRun(experiment_id, fast=GUIDED_FAST)
+    POOL.get(key, make=lambda: run.session)  # a seat (the room may be full), then this run's network in it
+    POOL.replace(key, run.session)
+    for _ in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
+        p = run.progress()
+        line = say("guided_progress", steps=p["steps"], total=p["total"], phase=p["phase"], phases=p["phases"])
+        if run.done:
+            found = guided.effect(experiment_id, run)
+            line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
+        yield [*guided_figures(run.experiment, run.history(), run.records), line]
+
+
+@user_errors
+def guided_stop(request: gr.Request):
+    POOL.stop(guided_key(request))
+    return say("guided_stopped")
+
+
+def guided_tab() -> None:
+    """Every claim the app makes, one click away: set up, run, checked on the run's own numbers, beside a run
+    recorded on a named machine (so the point shows at once on slow hardware, and the live run confirms it)."""
+    first = next(iter(guided.EXPERIMENTS))
+    pick = gr.Radio(
+        [(I18N(f"guided_{e}"), e) for e in guided.EXPERIMENTS], value=first, label=I18N("guided_pick"),
+        elem_id="guided_pick",
+    )  # fmt: skip
+    guide = gr.Markdown(elem_id="guided_text")
+    with gr.Row():
+        run_btn = gr.Button(I18N("guided_run"), variant="primary", elem_id="guided_run")
+        stop_btn = gr.Button(I18N("pause"), elem_id="guided_stop")
+    status = gr.Markdown(elem_id="guided_status")
+    live, readout = chart_row("guided-live", "guided-readout")
+    recorded_note = gr.Markdown(elem_id="guided_recorded_note")
+    (recorded,) = chart_row("guided-recorded")
+
+    shown = [guide, recorded, recorded_note]
+    gr.on([pick.change], guided_show, pick, shown, api_name="guided_show")
+    running = run_btn.click(guided_run, pick, [live, readout, status], api_name="guided_run", **TRAIN)
+    stop_btn.click(guided_stop, None, status, cancels=[running], api_name="guided_stop")
+    return SimpleNamespace(pick=pick, shown=shown)
 
 
 # --- residual vs plain ------------------------------------------------------------------------------------------
@@ -854,6 +984,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(I18N("title"))
         ui = training_panel()
         with gr.Tabs():
+            with gr.Tab(I18N("guided"), id="guided"):
+                claims = guided_tab()
             with gr.Tab(I18N("predict"), id="predict"):
                 seen = predict_tab()
             with gr.Tab(I18N("teach"), id="teach"):
@@ -865,6 +997,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab(I18N("learn"), id="learn"):
                 gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
         wire_training(demo, ui, seen, taught, own, last_x)
+        demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
     return demo

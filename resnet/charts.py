@@ -455,6 +455,30 @@ def compare_figure(
     return {"data": data, "layout": _layout(title, ytitle, 0, log=log)}
 
 
+def before_after_figure(readout: dict, revision=0) -> dict:
+    """A shortcut switch's before/after readout (guided.before_after) as paired bars per layer: the mean gradient
+    norm over the k steps before and the k after, log scale, each pair's ratio on hover; the loss's in the title.
+    A 20% change reads as a step between two bars, a factor of 10 as a whole decade."""
+    layers = list(readout["grad_norm"])
+    k, loss = readout["k"], readout["loss"]
+    data = [
+        {
+            "type": "bar",
+            "name": f"{when} ({k} steps)",
+            "x": layers,
+            "y": [positive(readout["grad_norm"][n][when]) for n in layers],
+            "customdata": [readout["grad_norm"][n]["ratio"] for n in layers],
+            "hovertemplate": "%{x}: %{y:.3g} (after/before ×%{customdata:.2f})<extra></extra>",
+            "marker": {"color": colour},
+        }
+        for when, colour in (("before", "#1f77b4"), ("after", "#d62728"))
+    ]
+    title = f"Switch at step {readout['step']}: loss {loss['before']:.2f} → {loss['after']:.2f}"
+    layout = _layout(title, "‖∂loss/∂W‖", revision, log=True, barmode="group")
+    layout["xaxis"] = {"title": {"text": "layer, input → output"}, "tickangle": -45}
+    return {"data": data, "layout": layout}
+
+
 # --- the same charts in Chinese ----------------------------------------------------------------------------------
 # Whole strings, then the words inside composed ones (trace names, markers); layer names (stem, block1.conv1, fc)
 # and network names stay as they are, as in the notebook.
@@ -477,10 +501,14 @@ ZH_WHOLE = {
     "Lesions: one block bypassed at test time": "损伤实验：测试时绕过一个残差块",
     "bypassed block": "被绕过的残差块",
     "held-out accuracy": "留出集准确率",
+    "layer, input → output": "层，从输入到输出",
     EMPTY_TEXT: "按“单步”或“▶ 播放”开始",
 }
 ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
     (r"^∂loss/∂W of (.+)$", r"\1 的 ∂loss/∂W"),
+    (r"^Switch at step (\d+): loss", r"第 \1 步切换：损失"),
+    (r"\bbefore \((\d+) steps\)", r"之前（\1 步）"),
+    (r"\bafter \((\d+) steps\)", r"之后（\1 步）"),
     (r"\bsteps (\d+)-(\d+)", r"第 \1–\2 步"),
     (r"\bstep (\d+)", r"第 \1 步"),
     (r"one block bypassed", "绕过一个残差块"),

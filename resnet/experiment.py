@@ -5,6 +5,10 @@ trouble is optimisation, not overfitting; with shortcuts the deeper net trains a
 TwinSession (same initial weights, same batches), so the only difference between the nets of a depth is the "+ x".
 
     python -m resnet.experiment --out DIR [--quick]    # DIR/report.html, DIR/history.csv, DIR/summary.json
+
+Also the app's guided experiments (resnet.guided), each run from scratch and its claim checked, as a table:
+
+    python -m resnet.experiment --guided [--fast] [--only ID ...] [--record assets/recorded]
 """
 
 import argparse
@@ -253,9 +257,52 @@ def report_html(summary: dict, depths: list[dict], histories: dict) -> str:
     )
 
 
-def main(argv=None) -> dict:
+def run_guided(ids: list[str], fast: bool, record: Path | None, command: str, progress: bool = True) -> list[dict]:
+    """Run guided experiments headless, one after another; with `record`, write record/ID.json for each (its
+    curves, effect, command and machine). Returns one row per experiment: {"experiment", "network", "steps",
+    "seconds", "effect"}."""
+    from tqdm import tqdm
+
+    from . import guided
+
+    rows = []
+    for i in ids:
+        setup = guided.get(i).fast if fast else guided.get(i).full
+        t0 = time.perf_counter()
+        with tqdm(total=setup.steps, desc=i, unit="step", file=sys.stderr, disable=not progress) as bar:
+            run = guided.GuidedRun(i, fast).finish(lambda report: bar.update(report["steps"] - bar.n))
+        seconds = round(time.perf_counter() - t0, 1)
+        effect = guided.effect(i, run)
+        if record is not None:
+            record.mkdir(parents=True, exist_ok=True)
+            data = guided.recording(run, effect, command, seconds)
+            (record / f"{i}.json").write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        rows.append({"experiment": i, "network": setup.network, "steps": setup.steps, "seconds": seconds, **effect})
+    return rows
+
+
+def guided_table(rows: list[dict]) -> str:
+    """The effect sizes, one experiment a line, then each readout."""
+    lines = [
+        f"{'experiment':<18}  {'network':<9}  {'steps':>5}  {'s':>5}  {'headline':<12}  {'value':>8}  check  holds"
+    ]
+    for r in rows:
+        c = r["checks"][0]
+        lines.append(
+            f"{r['experiment']:<18}  {r['network']:<9}  {r['steps']:>5}  {r['seconds']:>5.0f}  {c['what']:<12}  "
+            f"{c['value']:>8.3g}  {c['op']} {c['threshold']:<3g}  {r['holds']}"
+        )
+    return "\n".join(lines + [f"{r['experiment']}: {r['readout']['en']}" for r in rows])
+
+
+def main(argv=None) -> dict | list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m resnet.experiment", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="directory for report.html, history.csv, summary.json")
+    p.add_argument("--out", type=Path, help="directory for report.html, history.csv, summary.json")
+    p.add_argument("--guided", action="store_true", help="run the app's guided experiments and print their effects")
+    p.add_argument("--fast", action="store_true", help="with --guided: the tests' fast settings, not the full ones")
+    p.add_argument("--only", nargs="+", metavar="ID", help="with --guided: only these experiments")
+    p.add_argument("--record", type=Path, metavar="DIR", help="with --guided: write DIR/ID.json for each run")
     p.add_argument("--quick", action="store_true", help="a small run: under 4 minutes on 2 CPU cores")
     for f in fields(ExperimentConfig):  # every setting can be overridden: --steps 300 --depths 20 56 ...
         kind, flag = type(f.default), f"--{f.name.replace('_', '-')}"
@@ -276,6 +323,19 @@ def main(argv=None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.guided:
+        from . import guided
+
+        ids = args.only or list(guided.EXPERIMENTS)
+        unknown = [i for i in ids if i not in guided.EXPERIMENTS]
+        if unknown:
+            sys.exit(f"error: unknown experiment {unknown}; choose from {list(guided.EXPERIMENTS)}")
+        command = " ".join(["python -m resnet.experiment", *argv])
+        rows = run_guided(ids, args.fast, args.record, command, progress=not args.no_progress)
+        print(guided_table(rows))
+        return rows
+    if args.out is None:
+        p.error("--out is required (or --guided)")
     base = QUICK if args.quick else ExperimentConfig()
     changes = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if getattr(args, f.name) is not None}
     try:

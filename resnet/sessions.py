@@ -187,13 +187,20 @@ class SessionPool:
 
     # --- runs: Play and Step xN ------------------------------------------------------------------------------
     def train(
-        self, key: str, steps: int | None = None, seconds: float = 600, make: Callable | None = None
+        self,
+        key: str,
+        steps: int | None = None,
+        seconds: float = 600,
+        make: Callable | None = None,
+        step: Callable | None = None,
     ) -> Iterator[tuple[object, dict]]:
         """Train the learner's session `steps` steps (None: until `stop`, or `seconds` have passed), yielding
         (session, report) every `report_seconds` and at the end. A report is `session.step`'s for the steps since
         the last one, plus "total" (steps taken in this run) and "end": None, "done", or "timeout". A new run of
         the same learner, `stop`, `replace` and `close` end this one before its next turn, and it never reports
-        after that: the charts of a new session are not overwritten by an old run's steps."""
+        after that: the charts of a new session are not overwritten by an old run's steps. `step(session, n)`:
+        how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
+        experiment that has run its course)."""
         session = self.get(key, make)
         token = object()
         _wait_for_chunk(self._end_run(key))  # one run per learner: a second Play replaces the first
@@ -208,12 +215,12 @@ class SessionPool:
                     if not self._current(key, token, session):
                         return
                     t = time.perf_counter()
-                    report = session.step(turn)
+                    report = step(session, turn) if step else session.step(turn)
                     elapsed = time.perf_counter() - t
                 total += _steps_of(report)
                 pending = report if pending is None else _merge(pending, report)
                 turn = max(1, min(200, int(turn * self.turn_seconds / max(elapsed, 1e-4))))
-                end = "done" if steps is not None and total >= steps else None
+                end = "done" if (steps is not None and total >= steps) or report.get("finished") else None
                 if end is None and steps is None and time.monotonic() - start >= seconds:
                     end = "timeout"
                 if end or time.monotonic() - last_report >= self.report_seconds:

@@ -9,6 +9,7 @@ import pytest
 # one server hosts every test's learners, and a learner who leaves keeps their seat for a reload's grace: seat
 # them all (the full-room test sets its own limit)
 os.environ.setdefault("PLAYGROUND_MAX_SESSIONS", "200")
+os.environ.setdefault("PLAYGROUND_GUIDED_FAST", "1")  # guided experiments at their fast settings: seconds, same effects
 import torch
 
 
@@ -22,6 +23,9 @@ def free_port() -> int:
 def app_url():
     import app
 
+    # one torch thread: the browser and the test runner share the 2 cores with the server, and two torch threads
+    # contending with them for both cores run many times slower than one
+    torch.set_num_threads(1)
     demo = app.build_demo()
     port = free_port()
     app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -291,3 +291,47 @@ def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser
             assert box["x"] <= title["x"] and title["x"] + title["width"] <= box["x"] + box["width"], chart
     finally:
         context.close()
+
+
+GUIDED_MS = 300_000  # a guided experiment at its fast settings on a busy 2-core machine
+
+# per experiment: what the page's chart data must show (JS over the live and readout charts' plotly data)
+GUIDED_EFFECTS = {
+    # the stem's gradient norm after the switch at least doubles (before/after bars of the readout chart)
+    "shortcuts_off": "r => { const [b, a] = r.data; const i = b.x.indexOf('stem'); return a.y[i] / b.y[i] >= 2; }",
+    # the residual net's last training losses are below the plain net's (the live loss chart, twins overlaid)
+    "plain_vs_residual": """(l) => { const tr = l.data.filter(t => t.name.startsWith('training'));
+        const last = t => t.y.slice(-5).reduce((s, v) => s + v, 0) / 5;
+        const res = tr.find(t => t.name.includes('residual')), plain = tr.find(t => t.name.includes('plain'));
+        return last(res) < last(plain) - 0.3; }""",
+    # lesions: the residual net keeps more accuracy than the plain net with a block bypassed
+    "lesion": """r => { const mean = t => t.y.reduce((s, v) => s + v, 0) / t.y.length;
+        const cut = r.data.filter(t => t.name.includes('bypassed'));
+        const res = cut.find(t => t.name.includes('residual')), plain = cut.find(t => t.name.includes('plain'));
+        return mean(res) > mean(plain); }""",
+    # lr 1000: its steps are rejected, so the loss chart has a point for every step but those (`kept` of them)
+    "lr_1000": "(l, kept) => l.data[0].x.length === kept",
+    # the drawing's gradients: with shortcuts off the stem's gradient differs from on (grouped bars)
+    "drawing_gradients": """r => { const [on, off] = r.data; const i = on.x.indexOf('stem');
+        return on.y[i] > 0 && off.y[i] > 0 && on.y[i] !== off.y[i]; }""",
+}
+
+
+@pytest.mark.parametrize("experiment", list(GUIDED_EFFECTS))
+def test_a_guided_experiment_runs_in_one_click_and_shows_its_claim(page: Page, experiment):
+    import app
+
+    wait_for_step(page, 0, LOAD_MS)
+    title = app.guided.get(experiment).texts(fast=True)["title"]["en"]
+    page.get_by_label(title, exact=True).check()
+    expect(page.locator("#guided_text")).to_contain_text("What to expect")
+    page.click("#guided_run")
+    expect(page.locator("#guided_status")).to_contain_text("The claim holds.", timeout=GUIDED_MS)
+    chart = "#guided-live" if experiment in ("plain_vs_residual", "lr_1000") else "#guided-readout"
+    lr, kept = 1e-3, 0  # the training steps taken at a sane learning rate: the steps the loss chart must show
+    for kind, value in app.guided.get(experiment).fast.phases:
+        lr = value if kind == "lr" else lr
+        kept += value if kind == "train" and lr <= 1 else 0
+    check = f"kept => ({GUIDED_EFFECTS[experiment]})(document.querySelector('{chart} .js-plotly-plot'), kept)"
+    holds = page.evaluate(check, kept)
+    assert holds, f"the {experiment} chart does not show the claimed effect"

@@ -106,3 +106,35 @@ def test_degradation_compares_deepest_and_shallowest():
         "deep": 56,
         "shallow": 20,
     }
+
+
+def test_guided_records_each_run_small_with_its_machine_and_charts_it_back(tmp_path, capsys):
+    """--guided --fast --record: a table of effects, and per experiment a JSON the app can chart as a recorded run."""
+    from resnet import charts, guided
+
+    ids = ["lr_1000", "drawing_gradients"]
+    rows = main(["--guided", "--fast", "--only", *ids, "--record", str(tmp_path), "--no-progress"])
+
+    assert [r["experiment"] for r in rows] == ids and all(r["holds"] for r in rows)
+    printed = capsys.readouterr().out
+    assert "all_rejected" in printed and "stem_ratio" in printed and "The claim holds." in printed
+    for i in ids:
+        path = tmp_path / f"{i}.json"
+        assert path.stat().st_size < 200_000
+        saved = json.loads(path.read_text())
+        assert (
+            saved["command"]
+            == f"python -m resnet.experiment --guided --fast --only {' '.join(ids)} --record {tmp_path} --no-progress"
+        )
+        assert set(saved["machine"]) >= {"cpu", "amx", "avx512_bf16", "avx2", "torch", "date", "precision"}
+        assert saved["effect"]["holds"] and saved["setup"]["layers"] == guided.get(i).fast.layers
+    recorded = guided.load_recorded("lr_1000", tmp_path)
+    history = recorded["history"]
+    assert [r["step"] for r in history.steps] == [1, 2, 3, 4, 5]  # the rejected step left no record
+    assert [e["kind"] for e in history.events] == ["lr", "rejected", "lr"]
+    figure = charts.loss_figure(history)
+    assert figure["data"][0]["x"] == [1, 2, 3, 4, 5]
+    with pytest.raises(SystemExit, match="unknown experiment"):
+        main(["--guided", "--only", "nope"])
+    with pytest.raises(SystemExit):
+        main(["--steps", "3"])  # without --guided, --out is required
