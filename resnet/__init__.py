@@ -5,8 +5,8 @@ Plain PyTorch and plain data out; the Gradio app (app.py) only lays it out.
 
 from . import hub  # noqa: F401 -- registers the Hub datasets by name
 from .data import DATASETS, Dataset, load_dataset
-from .engine import Session, TrainConfig
 from .model import ResNet, ResNetConfig, cifar_config, notebook_config
+from .session import Session, TrainConfig
 
 __all__ = [
     "DATASETS",

@@ -12,8 +12,8 @@ from tqdm import tqdm  # comes with huggingface-hub
 
 
 def train(args) -> dict:
-    from .engine import Session, TrainConfig
     from .model import ResNetConfig, cifar_config
+    from .session import Session, TrainConfig
 
     config = TrainConfig(
         dataset=args.dataset,

@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import load_dataset, normalize
-from .engine import Session, TrainConfig
 from .notebook import NotebookResNet
+from .session import Session, TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "bench"  # where a bare --out name is written
 

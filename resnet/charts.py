@@ -23,9 +23,9 @@ TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
 
 def thin(records: list[dict], max_points: int) -> list[dict]:
-    """At most max_points records, evenly spaced, always ending with the newest: engine.thin, the one way to thin
+    """At most max_points records, evenly spaced, always ending with the newest: session.thin, the one way to thin
     (a History thins itself with it too)."""
-    from .engine import thin as thin_records
+    from .session import thin as thin_records
 
     return thin_records(records, max_points)
 

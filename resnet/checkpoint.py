@@ -393,7 +393,7 @@ def load_into(target: ResNet, source: ResNet) -> None:
 def session_from(model: HubResNet, config=None):
     """A training session that continues from a loaded checkpoint, on the dataset it was trained on."""
     from .data import DATASETS
-    from .engine import Session, TrainConfig
+    from .session import Session, TrainConfig
 
     config = config or TrainConfig()
     dataset = model.dataset if model.dataset in DATASETS else config.dataset

@@ -14,6 +14,11 @@ import torch.nn.functional as F
 
 from .errors import UserError
 
+
+class DataError(UserError):
+    """A dataset we cannot load; the message is meant for the user."""
+
+
 MEAN, STD = 0.5, 0.25  # one normalisation for every dataset, so a drawing needs no per-dataset statistics
 
 

@@ -58,8 +58,8 @@ QUICK = ExperimentConfig(steps=100, eval_every=50, eval_size=200, final_eval_siz
 
 def train_depth(config: ExperimentConfig, depth: int, bar=None):
     """A TwinSession at `depth` layers trained for config.steps twin steps; `bar` (tqdm) counts the steps."""
-    from .engine import TrainConfig
     from .model import cifar_config
+    from .session import TrainConfig
     from .twin import TwinSession
 
     train = TrainConfig(

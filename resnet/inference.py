@@ -1,5 +1,6 @@
 """Any image a user gives (an upload in an odd mode or size, a file, a Sketchpad drawing) -> the (1, C, 32, 32)
-tensor the net was trained on, normalised by data.normalize: to_square is also how hub.py makes training images.
+tensor the net was trained on, normalised by data.normalize: to_square is also how zips and Hub sets become
+training images.
 predict() adds the top classes and a picture of what each block hands on. Every problem with the image is an
 ImageError whose message the app can show as is.
 """
@@ -33,7 +34,7 @@ def to_image(value) -> Image.Image:
 
 def to_square(value, size: int = 32) -> Image.Image:
     """The size x size RGB picture the net sees of anything to_image takes, before normalisation. The one way in
-    for every image: hub.py makes the training data (zips, Hub sets) with it, so a file predicted is what it
+    for every image: zipdata.py and hub.py make the training data with it, so a file predicted is what it
     would have been trained as. Photos are padded to a square, drawings cropped to their strokes."""
     img, drawing = _load(value, draft=4 * size)
     img = _frame_drawing(img, size) if drawing else _pad_square(img, size)

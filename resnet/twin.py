@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset, normalize
-from .engine import History, Session, TrainConfig, restored, thin
 from .model import ResNet, ResNetConfig
+from .session import History, Session, TrainConfig, restored, thin
 
 
 class _FixedShortcuts(Session):

@@ -284,3 +284,15 @@ def test_a_learner_takes_their_run_away_as_csv(client):
     rows = list(csv.DictReader(open(client.predict(api_name="/download_run"))))
     assert [r["step"] for r in rows] == ["0", "1", "2"] and "shortcut off" in rows[1]["events"]  # after step 1
     assert "checkpoint" in rows[0]["events"]  # where the run began: the shipped trained model
+
+
+def test_switching_shortcuts_off_changes_the_prediction_though_no_weight_changed(client):
+    # the Learn tab's claim: the same weights, the shortcuts off, and the network sees the drawing differently
+    label, _, _ = client.predict(handle_file(str(ASSETS / "examples" / "star.png")), api_name="/predict_image")
+    off = client.predict(False, api_name="/all_shortcuts")[5]
+    before = {c["label"]: c["confidence"] for c in label["confidences"]}
+    after = {c["label"]: c["confidence"] for c in off["confidences"]}
+    assert label["label"] == "star" and before["star"] > 0.9  # the shipped model knows its star
+    assert after.get("star", 0) < before["star"] - 0.3, (before, after)  # off: it no longer does
+    on = client.predict(True, api_name="/all_shortcuts")[5]
+    assert on["label"] == "star"  # and back on, it does again: nothing was learned or lost

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from resnet import bench
-from resnet.engine import Session, TrainConfig
+from resnet.session import Session, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--batch", "4", "--steps", "1", "--precision", "fp32"]  # a step of 4 images: tens of ms on one core

@@ -11,10 +11,10 @@ import re
 import pytest
 
 from resnet import guided
-from resnet.engine import History, Session, TrainConfig
 from resnet.errors import UserError
 from resnet.guided import EXPERIMENTS, GuidedRun, before_after, effect
 from resnet.model import notebook_config
+from resnet.session import History, Session, TrainConfig
 from resnet.twin import TwinSession
 
 pytestmark = pytest.mark.usefixtures("one_thread")

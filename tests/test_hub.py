@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet import checkpoint, hub
+from resnet import checkpoint, hub, zipdata
 from resnet.data import normalize
-from resnet.engine import Session, TrainConfig
 from resnet.errors import UserError
 from resnet.inference import to_tensor
 from resnet.model import ResNet, ResNetConfig
+from resnet.session import Session, TrainConfig
 
 
 def png(colour, size=32, mode="RGB") -> bytes:
@@ -63,7 +63,7 @@ def test_grayscale_28px_images_become_3_channel_32px(offline, tmp_path):
 
 
 def test_offline_without_the_files_is_a_clear_message(offline, tmp_path):
-    with pytest.raises(hub.DataError, match="offline.*'shapes'"):
+    with pytest.raises(zipdata.DataError, match="offline.*'shapes'"):
         hub.load_hub("fashion_mnist", local_dir=tmp_path / "empty")
 
 
@@ -78,7 +78,7 @@ def test_a_zip_of_class_folders_becomes_a_dataset_a_session_trains_on(tmp_path):
     entries = {f"cat/{i}.png": png((200, 100, 0)) for i in range(5)}
     entries |= {f"dog/{i}.jpg": png((0, 100, 200)) for i in range(5)}
     entries["__MACOSX/._cat"] = b"junk"
-    data = hub.load_zip(make_zip(tmp_path / "pets.zip", entries))
+    data = zipdata.load_zip(make_zip(tmp_path / "pets.zip", entries))
     assert data.classes == ("cat", "dog")
     assert len(data.train_y) == 8 and len(data.test_y) == 2 and sorted(data.test_y.tolist()) == [0, 1]
     session = Session(TrainConfig(batch_size=4, eval_every=0), data=data)
@@ -100,8 +100,8 @@ def test_a_zip_of_class_folders_becomes_a_dataset_a_session_trains_on(tmp_path):
     ],
 )
 def test_bad_zips_are_refused_with_the_reason(tmp_path, entries, limits, reason):
-    with pytest.raises(hub.DataError, match=reason):
-        hub.load_zip(make_zip(tmp_path / "bad.zip", entries), hub.ZipLimits(**limits))
+    with pytest.raises(zipdata.DataError, match=reason):
+        zipdata.load_zip(make_zip(tmp_path / "bad.zip", entries), zipdata.ZipLimits(**limits))
 
 
 def rgba_photo(width, height, seed, fmt="PNG") -> bytes:
@@ -126,7 +126,7 @@ def test_a_zips_images_train_on_exactly_the_pixels_predict_gives_the_same_files(
         "dog/tall.png": rgba_photo(33, 70, 2),
         "dog/photo.jpg": rgba_photo(400, 300, 3, "JPEG"),
     }
-    data = hub.load_zip(make_zip(tmp_path / "mine.zip", files))
+    data = zipdata.load_zip(make_zip(tmp_path / "mine.zip", files))
     # each class's first image is held out (n_test = 1 of 2), the second trains
     for name, x in zip(files, (data.test_x[0], data.train_x[0], data.test_x[1], data.train_x[1])):
         torch.testing.assert_close(normalize(x[None]), to_tensor(files[name]), rtol=0, atol=0, msg=name)
@@ -135,19 +135,19 @@ def test_a_zips_images_train_on_exactly_the_pixels_predict_gives_the_same_files(
 def test_zips_up_to_the_apps_upload_cap_are_accepted(tmp_path):
     # the app caps uploads at f"{MAX_UPLOAD_MB}mb", which gradio counts in units of 2**20 bytes
     entries = {f"{c}/{i}.png": png(i) for c in ("cat", "dog") for i in range(2)}
-    entries["__MACOSX/padding"] = b"\0" * (hub.MAX_UPLOAD_MB * 2**20 - 20_000)  # stored: the zip is that big
+    entries["__MACOSX/padding"] = b"\0" * (zipdata.MAX_UPLOAD_MB * 2**20 - 20_000)  # stored: the zip is that big
     path = make_zip(tmp_path / "big.zip", entries)
-    assert hub.MAX_UPLOAD_MB * 1_000_000 < path.stat().st_size <= hub.MAX_UPLOAD_MB * 2**20
-    assert hub.load_zip(path).classes == ("cat", "dog")
+    assert zipdata.MAX_UPLOAD_MB * 1_000_000 < path.stat().st_size <= zipdata.MAX_UPLOAD_MB * 2**20
+    assert zipdata.load_zip(path).classes == ("cat", "dog")
     entries["__MACOSX/padding"] += b"\0" * 40_000
-    with pytest.raises(hub.DataError, match=f"the limit is {hub.MAX_UPLOAD_MB} MB"):
-        hub.load_zip(make_zip(tmp_path / "big.zip", entries))
+    with pytest.raises(zipdata.DataError, match=f"the limit is {zipdata.MAX_UPLOAD_MB} MB"):
+        zipdata.load_zip(make_zip(tmp_path / "big.zip", entries))
 
 
 def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"PK but not really")
     with pytest.raises(UserError, match="not a zip"):  # a UserError: the app shows the learner this message
-        hub.load_zip(tmp_path / "x.zip")
+        zipdata.load_zip(tmp_path / "x.zip")
 
 
 def test_checkpoint_round_trip_gives_identical_outputs_and_shortcut_states(tmp_path):
@@ -173,3 +173,17 @@ def test_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     target = ResNet()
     with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
         checkpoint.load_into(target, ResNet(ResNetConfig(widths=(8,), blocks=(1,), stem_width=8)))
+
+
+def test_a_dataset_pinned_to_a_commit_is_cached_under_that_commit(offline, tmp_path, monkeypatch):
+    # the Hub can't be reached here to look the shas up, so the registry says "main"; pinning one must never
+    # serve data decoded from another revision out of the cache
+    import dataclasses
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    spec = dataclasses.replace(hub.HUB_DATASETS["cifar10"], revision=sha)
+    monkeypatch.setitem(hub.HUB_DATASETS, "cifar10", spec)
+    write_parquet(tmp_path / "hub" / spec.train, "img", [png((255, 0, 0))] * 2, [0, 9])
+    write_parquet(tmp_path / "hub" / spec.test, "img", [png((0, 255, 0))], [6])
+    hub.load_hub("cifar10", local_dir=tmp_path / "hub")
+    assert [p.name for p in hub.CACHE.iterdir()] == [f"cifar10-{sha}.pt"]

@@ -3,8 +3,8 @@
 import csv
 import io
 
-from resnet.engine import Session, TrainConfig
 from resnet.runlog import history_csv
+from resnet.session import Session, TrainConfig
 
 
 def test_the_run_reads_back_from_its_csv(one_thread):

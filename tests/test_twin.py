@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from resnet import charts
 from resnet.data import make_shapes, normalize
-from resnet.engine import Session, TrainConfig
 from resnet.model import ResNet, cifar_config
+from resnet.session import Session, TrainConfig
 from resnet.twin import (
     PlainTwin,
     TwinSession,

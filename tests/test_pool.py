@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from resnet.sessions import PoolFull, SessionPool
+from resnet.pool import PoolFull, SessionPool
 
 
 class Fake:
@@ -54,7 +54,7 @@ def test_a_real_session_is_gone_as_soon_as_the_pool_drops_it_without_a_garbage_c
     import gc
     import weakref
 
-    from resnet.engine import Session, TrainConfig
+    from resnet.session import Session, TrainConfig
 
     Session(TrainConfig(batch_size=4, eval_every=0)).step(1)  # torch's one-time imports on a first optimizer
     pool = SessionPool(lambda: Session(TrainConfig(batch_size=4, eval_every=0)), max_sessions=2, idle_seconds=0.05)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from resnet import charts
 from resnet.data import normalize
-from resnet.engine import History, Session, TrainConfig, thin
 from resnet.errors import UserError
+from resnet.session import History, Session, TrainConfig, thin
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # batches of 8-16: one thread, not two contending for 2 cores
 

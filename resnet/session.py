@@ -162,6 +162,8 @@ class Session:
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
         self.data = data.to(self.device) if data is not None else load_dataset(self.config.dataset, self.device)
+        if self.config.batch_size > len(self.data.train_y):  # a learner's small zip may hold fewer images
+            self.config = replace(self.config, batch_size=len(self.data.train_y))
         self.model_config = replace(model_config or ResNetConfig(), num_classes=len(self.data.classes))
         self.reset(self.config.seed)
 

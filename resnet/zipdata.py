@@ -1,0 +1,81 @@
+"""A learner's own data: a zip of class folders (cat/1.png, dog/2.jpg, ...) becomes a Dataset of theirs alone.
+
+The zip is read in memory (never extracted), so a hostile archive name cannot write anywhere, and every limit is
+checked before the work it bounds: its size, its entry count, what it unpacks to, then each image. Each picture
+becomes 32x32 RGB through inference.to_square, exactly as a prediction sees it.
+"""
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DataError, Dataset
+from .inference import ImageError, to_square
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_UPLOAD_MB = 10  # the largest file a learner may upload (the app's max_file_size): zips, checkpoints, images
+MB = 2**20  # bytes in the app's "mb": gradio counts max_file_size="10mb" as 10 * 2**20 bytes
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    max_bytes: int = MAX_UPLOAD_MB * MB  # size of the uploaded archive: any zip the app lets through
+    max_files: int = 5_000  # entries in it
+    max_unpacked: int = 200 * MB  # bytes once decompressed (a zip bomb is small packed)
+    min_per_class: int = 2  # images per class: one to learn from and one held out
+
+
+def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float = 0.2) -> Dataset:
+    """A zip of class folders (cat/1.png, dog/x.jpg, ...) -> a Dataset; anything odd is refused with the reason."""
+    path = Path(path)
+    if path.stat().st_size > limits.max_bytes:
+        raise DataError(f"The zip is {path.stat().st_size / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB.")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"That file is not a zip archive we can read ({e}).") from e
+    with archive:
+        entries = [e for e in archive.infolist() if not e.is_dir()]
+        if len(entries) > limits.max_files:
+            raise DataError(f"The zip holds {len(entries)} files; the limit is {limits.max_files}.")
+        if sum(e.file_size for e in entries) > limits.max_unpacked:
+            raise DataError(f"The zip unpacks to more than {limits.max_unpacked / MB:.0f} MB.")
+        by_class: dict[str, list[np.ndarray]] = {}
+        for e in entries:
+            parts = e.filename.replace("\\", "/").split("/")
+            if e.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                raise DataError(f"Refused: the entry {e.filename!r} points outside the archive.")
+            if parts[-1].startswith(".") or parts[0] == "__MACOSX":
+                continue  # macOS and editor litter
+            if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{e.filename!r} is not an image file; the zip must hold only class folders of images.")
+            if len(parts) < 2:
+                raise DataError(f"{e.filename!r} is not inside a class folder (expected e.g. cat/{parts[-1]}).")
+            try:
+                pixels = np.asarray(to_square(archive.read(e)))  # (32, 32, 3) uint8, exactly as predict sees it
+            except ImageError as err:
+                raise DataError(f"{e.filename!r} could not be read as an image. {err}") from err
+            by_class.setdefault(parts[-2], []).append(pixels)
+    if len(by_class) < 2:
+        raise DataError(f"Found {len(by_class)} class folder(s); at least 2 are needed to learn anything.")
+    small = [c for c, imgs in by_class.items() if len(imgs) < limits.min_per_class]
+    if small:
+        raise DataError(f"Each class needs at least {limits.min_per_class} images; too few in: {', '.join(small)}.")
+    classes = tuple(sorted(by_class))
+    split = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
+    for label, name in enumerate(classes):
+        imgs = by_class[name]
+        n_test = max(1, round(len(imgs) * held_out))
+        for part, chunk in (("test", imgs[:n_test]), ("train", imgs[n_test:])):
+            split[f"{part}_x"] += chunk
+            split[f"{part}_y"] += [label] * len(chunk)
+    tensors = {
+        k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous()
+        if k.endswith("_x")
+        else torch.tensor(v, dtype=torch.int64)
+        for k, v in split.items()
+    }
+    return Dataset(name=f"zip:{path.stem}", classes=classes, **tensors)
