@@ -296,3 +296,17 @@ def test_switching_shortcuts_off_changes_the_prediction_though_no_weight_changed
     assert after.get("star", 0) < before["star"] - 0.3, (before, after)  # off: it no longer does
     on = client.predict(True, api_name="/all_shortcuts")[5]
     assert on["label"] == "star"  # and back on, it does again: nothing was learned or lost
+
+
+def test_the_default_seat_count_fits_the_hardware():
+    # 32 learners training at once on a CPU (2 cores answer them, slowly), 128 on a GPU; page views take none
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PLAYGROUND_MAX_SESSIONS"}
+    code = "import app, torch; print(app.POOL.max_sessions, torch.cuda.is_available())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    seats, cuda = out.stdout.split()
+    assert int(seats) == (128 if cuda == "True" else 32), out.stderr[-500:]
