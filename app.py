@@ -4,8 +4,11 @@ UI only: every number comes from the `resnet` package; the handlers here find th
 and lay out what it returns. `python app.py` serves it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured).
 """
 
+import base64
+import binascii
 import contextvars
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -24,9 +27,9 @@ import torch
 from resnet import charts, checkpoint, guided, inference, runlog, zipdata
 from resnet.data import DATASETS, MEAN, STD
 from resnet.errors import UserError
-from resnet.model import ARCHITECTURES
+from resnet.model import ARCHITECTURES, cifar_config
 from resnet.model import architecture as architecture_config
-from resnet.pool import SessionPool
+from resnet.pool import PLAY, SessionPool
 from resnet.session import Session, TrainConfig, pick_device
 from resnet.twin import TwinSession
 
@@ -66,8 +69,8 @@ recorded run beside yours (recorded on a 2-vCPU Intel Xeon; `python -m resnet.ex
    second point is its words, not what this net shows.
 2. **Plain vs residual at 56 layers**, same weights, same batches: the plain net stays at chance (loss 2.30, 11%
    right) while the residual net learns (66% right after 120 steps): ×6.
-3. **Lesions**: bypass one block at test time. The residual net keeps 57% of its above-chance accuracy on average,
-   the plain net 5% (×12).
+3. **Lesions**: bypass one block at test time. The residual net keeps 45% of its above-chance accuracy on average,
+   the plain net 6% (×7).
 4. **A learning rate of 1000**: the step is rejected and no weight moves (largest change: 0).
 5. **Your drawing's gradients, shortcuts on vs off** (a fresh ResNet-56, no step): the stem's gradient is ×174
    larger with shortcuts off — through 56 plain layers it explodes rather than vanishes.
@@ -94,7 +97,7 @@ LEARN_ZH = """
    太小（何恺明等人 2016 年也看到梯度正常）；笔记的第二点是它的说法，并不是这个网络表现出来的。
 2. **56 层的普通网络与残差网络**，相同的权重，相同的批次：普通网络停在随机猜测（损失 2.30，答对 11%），残差网络在
    学习（120 步后答对 66%），相差 6 倍。
-3. **损伤实验**：测试时绕过一个残差块。残差网络平均保留了高于随机猜测部分的 57%，普通网络只保留 5%（12 倍）。
+3. **损伤实验**：测试时绕过一个残差块。残差网络平均保留了高于随机猜测部分的 45%，普通网络只保留 6%（7 倍）。
 4. **学习率 1000**：这一步被拒绝，没有任何权重改变（最大变化为 0）。
 5. **你的画的梯度，残差连接开与关**（一个新初始化的 ResNet-56，不训练）：关掉残差连接后，stem 层的梯度大了 174 倍
    ——穿过 56 个普通层，梯度不是消失，而是爆炸。
@@ -274,6 +277,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "on {cpu}, {date}, in {seconds:.0f} s: {readout}",
         "guided_progress": "Running: {steps} of {total} training steps, phase {phase} of {phases}.",
         "guided_stopped": "Stopped. Run it again to start over.",
+        "not_base64": "The image must be the file's bytes, base64-encoded.",
+        "too_big": "The image is larger than {mb} MB.",
+        "bad_tool_args": "layers must be 6n+2 from 8 to 56 (8, 14, 20, 32, 44, 56) and steps from 1 to {most}.",
     },
     "zh": {
         "oom": "加速器内存不足：请减小批大小。",
@@ -316,6 +322,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}",
         "guided_progress": "运行中：第 {steps}/{total} 个训练步，第 {phase}/{phases} 个阶段。",
         "guided_stopped": "已停止。再次运行会从头开始。",
+        "not_base64": "图片必须是文件内容的 base64 编码。",
+        "too_big": "图片超过了 {mb} MB。",
+        "bad_tool_args": "layers 必须是 8 到 56 之间的 6n+2（8、14、20、32、44、56），steps 必须在 1 到 {most} 之间。",
     },
 }
 
@@ -820,6 +829,65 @@ def compare(last_x, label, layer, request: gr.Request):
     return text, go.Figure(figure), go.Figure(bars)
 
 
+# --- tools for an assistant (MCP): stateless, so agents sharing gradio's one MCP client share no learner's run ---
+MAX_TOOL_STEPS = 100  # training steps a plain_vs_residual call may take (~1 min at 20 layers on 2 CPU cores)
+
+
+@user_errors
+def classify_image(image_base64: str) -> dict[str, float]:
+    """Classify a picture with the shipped trained ResNet (the course notebook's 8-layer net, 99.3% held-out
+    accuracy on the built-in shapes: circle, square, triangle, star, heart, crescent, plus, cross, arrow, lightning).
+
+    Args:
+        image_base64: the image file's bytes, base64-encoded (PNG, JPEG, GIF or WebP, at most 10 MB, any pixel size).
+    Returns:
+        The five most likely classes, each with its probability (0 to 1).
+    """
+    try:
+        data = base64.b64decode(image_base64 or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise refuse("not_base64") from None
+    if len(data) > zipdata.MAX_UPLOAD_MB * zipdata.MB:
+        raise refuse("too_big", mb=zipdata.MAX_UPLOAD_MB)
+    session = visitor()  # the shared shipped model: read, never trained
+    return dict(predicted(session, inference.to_tensor(data))["top"])
+
+
+@user_errors
+def plain_vs_residual(layers: int = 20, steps: int = 30) -> dict:
+    """Train a residual network and its plain twin (the same net without shortcuts) from the same initial weights
+    on the same batches of the built-in shapes dataset, and report how far each got. Deeper plain nets fall behind.
+
+    Args:
+        layers: depth of the paper's CIFAR net, 6n+2: 8, 14, 20, 32, 44 or 56 layers.
+        steps: training steps (batches of 64 images), 1 to 100.
+    Returns:
+        {"layers", "steps", "residual": {"loss", "accuracy"}, "plain": {...}}: each net's mean training loss
+        (cross-entropy; 2.30 is chance for 10 classes) and batch accuracy (0 to 1) over its last 10 steps.
+    """
+    layers, steps = int(layers), int(steps)
+    if layers < 8 or (layers - 2) % 6 or layers > 56 or not 1 <= steps <= MAX_TOOL_STEPS:
+        raise refuse("bad_tool_args", most=MAX_TOOL_STEPS)
+    twins = TwinSession(TrainConfig(seed=0, eval_every=0), cifar_config((layers - 2) // 6))
+    for _ in range(0, steps, 5):  # a few steps per hardware turn: learners training meanwhile keep their turns
+        with POOL.compute(priority=PLAY):
+            twins.step(min(5, steps - twins.step_count))
+    tail = {name: h.steps[-10:] for name, h in twins.histories.items()}
+    return {"layers": layers, "steps": steps, **{
+        name: {"loss": sum(r["loss"] for r in rs) / len(rs), "accuracy": sum(r["acc"] for r in rs) / len(rs)}
+        for name, rs in tail.items() if rs
+    }}  # fmt: skip
+
+
+def mcp_available() -> bool:
+    """Gradio's MCP server needs its optional extra (`pip install "gradio[mcp]"`); the app runs without it."""
+    try:
+        installed = importlib.util.find_spec("mcp") is not None
+    except (ImportError, ValueError):  # ValueError: a module entry of None, i.e. blocked on purpose
+        installed = False
+    return installed and os.environ.get("PLAYGROUND_MCP", "1") != "0"
+
+
 def room() -> dict:
     """The room at a glance, for an instructor or a load test: seats taken, seats in all, training runs going."""
     return {"seats": len(POOL), "max_seats": POOL.max_sessions, "running": POOL.running()}
@@ -1018,6 +1086,12 @@ def build_demo() -> gr.Blocks:
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
+        # The UI's endpoints keep a learner's state: callable (the page and gradio_client use them) but left out
+        # of the API page and so of the MCP tools, which are the two stateless functions below
+        for fn in demo.fns.values():
+            fn.api_visibility = "undocumented" if fn.api_visibility == "public" else fn.api_visibility
+        gr.api(classify_image, api_name="classify_image")
+        gr.api(plain_vs_residual, api_name="plain_vs_residual", concurrency_limit=2)
     return demo
 
 
@@ -1231,6 +1305,7 @@ def launch(demo: gr.Blocks, **kwargs):
     kwargs.setdefault("max_threads", POOL.max_sessions + 16)
     # run_history off: gradio would keep every call's inputs in the browser, the Hub token of a push included
     kwargs.setdefault("run_history", False)
+    kwargs.setdefault("mcp_server", mcp_available())
     return demo.launch(
         i18n=I18N, max_file_size=f"{zipdata.MAX_UPLOAD_MB}mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs
     )

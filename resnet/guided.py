@@ -656,10 +656,9 @@ def effect(experiment_id: str, run) -> dict:
         checks.append({**asdict(c), "value": value, "holds": bool(holds)})
     holds = all(c["holds"] for c in checks)
     values = {**setup.values(), **numbers}
-    readout = {
-        lang: f"{getattr(experiment.readout, lang).format(**values)} {getattr(_VERDICT[holds], lang)}"
-        for lang in ("en", "zh")
-    }
+    line = {lang: getattr(experiment.readout, lang).format(**values) for lang in ("en", "zh")}
+    verdict = _VERDICT[holds]
+    readout = {"en": f"{line['en']} {verdict.en}", "zh": line["zh"] + verdict.zh}  # no space between Chinese sentences
     return {
         "experiment": experiment_id,
         "fast": data["fast"],

@@ -224,7 +224,7 @@ def test_reset_during_play_ends_the_old_run(client, how):
     play, reset, key = ("/play", "/reset", client.session_hash)
     if how == "twin_reset":
         play, reset, key = ("/twin_play", "/twin_reset", client.session_hash + ":twin")
-    job = client.submit(api_name=play)
+    job = client.submit(*([0] if how == "twin_reset" else []), api_name=play)  # twin Play: N = 0, until Pause
     next(iter(job))  # it is playing
     assert app.POOL.running(key) == 1
     if how == "reset":

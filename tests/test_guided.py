@@ -43,7 +43,7 @@ def test_a_fast_run_shows_the_claimed_effect(experiment_id):
     )
     # the readout carries the run's numbers, and says in both languages that the claim held
     en, zh = result["readout"]["en"], result["readout"]["zh"]
-    assert en.endswith("The claim holds.") and zh.endswith("结论成立。")
+    assert en.endswith("The claim holds.") and zh.endswith("。结论成立。")  # no space between Chinese sentences
     assert not english_words(zh), zh
     assert not re.search(r"\{\w", en + zh), "a placeholder was left unfilled"
 
