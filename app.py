@@ -30,7 +30,7 @@ from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
 from resnet.model import architecture as architecture_config
 from resnet.pool import PLAY, SessionPool
-from resnet.session import Session, TrainConfig, pick_device
+from resnet.session import History, Session, TrainConfig, pick_device
 from resnet.twin import TwinSession
 
 ASSETS = Path(__file__).parent / "assets"
@@ -277,6 +277,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "on {cpu}, {date}, in {seconds:.0f} s: {readout}",
         "guided_progress": "Running: {steps} of {total} training steps, phase {phase} of {phases}.",
         "guided_stopped": "Stopped. Run it again to start over.",
+        "twin_idle": "Pick a depth, then Step ×N or ▶ Play: the twins are built at the first click.",
         "not_base64": "The image must be the file's bytes, base64-encoded.",
         "too_big": "The image is larger than {mb} MB.",
         "bad_tool_args": "layers must be 6n+2 from 8 to 56 (8, 14, 20, 32, 44, 56) and steps from 1 to {most}.",
@@ -322,6 +323,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}",
         "guided_progress": "运行中：第 {steps}/{total} 个训练步，第 {phase}/{phases} 个阶段。",
         "guided_stopped": "已停止。再次运行会从头开始。",
+        "twin_idle": "选择深度，然后按“走 N 步”或“▶ 播放”：第一次点击时才会创建这两个网络。",
         "not_base64": "图片必须是文件内容的 base64 编码。",
         "too_big": "图片超过了 {mb} MB。",
         "bad_tool_args": "layers 必须是 8 到 56 之间的 6n+2（8、14、20、32、44、56），steps 必须在 1 到 {most} 之间。",
@@ -1034,6 +1036,19 @@ def twin_view(twins: TwinSession, report: dict | None = None) -> list:
 
 
 @user_errors
+def twin_start(request: gr.Request):
+    """The twins' tab before they train: the learner's twins if they have some, else empty charts that say how to
+    start (the twins are built at the first Reset, Step or Play: a look takes no seat)."""
+    twins = POOL.peek(twin_key(request))
+    if twins is not None:
+        return twin_view(twins)
+    empty = {"residual": History(2), "plain": History(2)}
+    figures = [charts.loss_figure(empty), charts.accuracy_figure(empty), charts.depth_figure(empty),
+               charts.routes_figure([])]  # fmt: skip
+    return [*map(translated, figures), say("twin_idle")]
+
+
+@user_errors
 def twin_reset(architecture, seed, request: gr.Request):
     POOL.replace(twin_key(request), new_twins(architecture, int(seed or 0)))
     return twin_view(POOL.get(twin_key(request)))
@@ -1079,11 +1094,12 @@ def build_demo() -> gr.Blocks:
             with gr.Tab(I18N("data_model"), id="data"):
                 own = data_tab()
             with gr.Tab(I18N("twins"), id="twins"):
-                twins_tab()
+                twin_out = twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
                 gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
         wire_training(demo, ui, seen, taught, own, last_x)
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
+        demo.load(twin_start, None, twin_out, api_visibility="private")  # charts with axes, not a blank tab
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
         # The UI's endpoints keep a learner's state: callable (the page and gradio_client use them) but left out
@@ -1225,7 +1241,7 @@ def data_tab() -> SimpleNamespace:
     return SimpleNamespace(zip_file=zip_file, zip_btn=zip_btn, model_file=model_file, repo=repo, load_btn=load_btn)
 
 
-def twins_tab() -> None:
+def twins_tab() -> list:
     """A residual net and its plain twin, side by side, with its own controls and charts."""
     gr.Markdown(I18N("twins_intro"))
     with gr.Row():
@@ -1248,6 +1264,7 @@ def twins_tab() -> None:
     playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play", **TRAIN)
     twin_pause_btn.click(twin_pause, None, twin_out, cancels=[playing, stepping], api_name="twin_pause")
     lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **TRAIN)
+    return twin_out
 
 
 def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:

@@ -64,10 +64,12 @@ class SessionPool:
         workers: int = 1,
         turn_seconds: float = 0.35,
         report_seconds: float = 0.35,
+        untrained_seconds: float = 300,
     ):
         self.make = make  # builds a fresh session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
         self.idle_seconds = idle_seconds  # a session untouched this long is freed
+        self.untrained_seconds = untrained_seconds  # ... or this long, if it never took a step (a seat, not a run)
         self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a GPU step is ms: one step)
         self.report_seconds = report_seconds  # training between a run's reports (chart updates, Pause checks)
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
@@ -152,10 +154,13 @@ class SessionPool:
     def _sweep(self) -> bool:
         """Free the sessions left idle (the caller holds the lock); True if any was."""
         now = time.monotonic()
+
+        def limit(key) -> float:
+            trained = getattr(self._sessions.get(key), "step_count", 1)  # a reserved seat (None) counts as in use
+            return self.idle_seconds if trained else min(self.idle_seconds, self.untrained_seconds)
+
         idle = [
-            k
-            for k, t in self._used.items()
-            if now - t > self.idle_seconds and not self._busy.get(k) and k not in self._runs
+            k for k, t in self._used.items() if now - t > limit(k) and not self._busy.get(k) and k not in self._runs
         ]
         for key in idle:
             self._sessions.pop(key, None)

@@ -310,3 +310,12 @@ def test_the_default_seat_count_fits_the_hardware():
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     seats, cuda = out.stdout.split()
     assert int(seats) == (128 if cuda == "True" else 32), out.stderr[-500:]
+
+
+def test_the_twins_tab_shows_axes_and_how_to_start_before_any_twin_exists():
+    import app
+
+    seats = len(app.POOL)
+    *figures, status = app.twin_start(SimpleNamespace(session_hash="a page that only looks", headers={}))
+    assert all("Press Step or ▶ Play" in [a["text"] for a in f["layout"]["annotations"]] for f in figures)
+    assert "first click" in status and len(app.POOL) <= seats  # and looking built no twins

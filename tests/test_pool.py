@@ -202,3 +202,17 @@ def test_looking_takes_no_seat_and_a_learner_who_leaves_is_freed_after_the_grace
     time.sleep(0.1)
     assert pool.peek("leaves") is None and len(pool) == 1  # a look sweeps, as any visit does
     assert pool.peek("reloads") is kept
+
+
+def test_a_seat_that_never_trained_is_freed_sooner_than_one_that_did():
+    class Untrained(Fake):
+        step_count = 0
+
+    class Trained(Fake):
+        step_count = 3
+
+    pool = SessionPool(Untrained, max_sessions=4, idle_seconds=60, untrained_seconds=0.05)
+    pool.get("looked", make=Untrained)  # e.g. changed the learning rate, never pressed Step
+    trained = pool.get("trained", make=Trained)
+    time.sleep(0.1)
+    assert pool.peek("looked") is None and pool.peek("trained") is trained
