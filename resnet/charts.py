@@ -105,6 +105,11 @@ def _figure(data: list[dict], layout: dict) -> dict:
     return {"data": data, "layout": empty}
 
 
+def _line_mode(records: list) -> str:
+    """A line needs two points: the first few steps also get markers, so step 1 is visible, not an empty chart."""
+    return "lines+markers" if len(records) < 20 else "lines"
+
+
 def _runs(history) -> dict:
     """A history, or {"residual": history, "plain": history} for twins -> {label: history}."""
     return history if isinstance(history, dict) else {"": history}
@@ -120,7 +125,7 @@ def _curves(history, field: str, train_name: str, max_points: int) -> list[dict]
         data.append(
             {
                 "type": "scatter",
-                "mode": "lines",
+                "mode": _line_mode(steps),
                 "name": f"{train_name}{name}",
                 "opacity": 0.6,
                 "x": [r["step"] for r in steps],
@@ -177,7 +182,7 @@ def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
             data.append(
                 {
                     "type": "scatter",
-                    "mode": "lines",
+                    "mode": _line_mode(steps),
                     "name": f"{name} ({label})" if label else name,
                     "x": [r["step"] for r in steps],
                     "y": [positive(r["grad_norm"][name]) for r in steps],
