@@ -1273,6 +1273,9 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
     settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]
+    # progress shows on the status line only: a spinner over the charts and the prediction at every step of Play
+    # would hide what the learner is watching (and over an empty prediction, it looks like one is coming)
+    busy = {"show_progress_on": ui.status}
     # a browser's page first ties itself to its learner key (kept across reloads), then shows that learner's run;
     # an API client calls /load alone and is keyed by its connection
     browser_key = gr.BrowserState("", storage_key="resnet-playground-learner")
@@ -1294,11 +1297,13 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
         [ui.optimizer, ui.lr, ui.batch],
         api_name="configure",
     )
-    ui.step_btn.click(step, last_x, train_out, api_name="step", **TRAIN)
-    stepping = ui.step_n_btn.click(step_n, [ui.n_steps, last_x], train_out, api_name="step_n", **TRAIN)
-    playing = ui.play_btn.click(play, last_x, train_out, api_name="play", **TRAIN)
-    ui.pause_btn.click(pause, last_x, train_out, cancels=[playing, stepping], api_name="pause")
-    ui.all_on.input(set_all_shortcuts, [ui.all_on, last_x], [*train_out, ui.blocks_on], api_name="all_shortcuts")
+    ui.step_btn.click(step, last_x, train_out, api_name="step", **TRAIN, **busy)
+    stepping = ui.step_n_btn.click(step_n, [ui.n_steps, last_x], train_out, api_name="step_n", **TRAIN, **busy)
+    playing = ui.play_btn.click(play, last_x, train_out, api_name="play", **TRAIN, **busy)
+    ui.pause_btn.click(pause, last_x, train_out, cancels=[playing, stepping], api_name="pause", **busy)
+    ui.all_on.input(
+        set_all_shortcuts, [ui.all_on, last_x], [*train_out, ui.blocks_on], api_name="all_shortcuts", **busy
+    )
     ui.blocks_on.input(set_block_shortcuts, [ui.blocks_on, last_x], [*train_out, ui.all_on], api_name="block_shortcuts")
     teach_out = [*train_out, taught.teach_text, taught.grad_tensor, taught.grad_norms]
     taught.teach_btn.click(teach_step, [last_x, taught.true_label, taught.layer], teach_out, api_name="teach", **TRAIN)
