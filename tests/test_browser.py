@@ -239,7 +239,7 @@ def test_a_reload_keeps_the_learners_run(page: Page):
 ALLOWED_LATIN = re.compile(
     r"^(stem|fc|block\d+(\.(conv\d|shortcut|proj\w*))?|conv\d|shapes|cifar10|mnist|fashion_mnist|ResNet(-\d+)?|Adam|SGD|shortcut|He|"
     r"cpu|cuda|mps|bf16|fp32|log10|N|ID|zip|CSV|Hub|Hugging|Face|huggingface|co|settings|tokens|you|resnet|"
-    r"playground|English|Gradio|API|png|jpg|cat|dog|x|F|H|W|g|MB|Intel|Xeon|R|Processor|vCPU)$"
+    r"playground|English|Gradio|API|png|jpg|cat|dog|x|F|H|W|g|MB|MCP|Intel|Xeon|R|Processor|vCPU)$"
 )
 ZH_TABS = ["预测", "用你的图片教它", "你的数据，你的模型", "残差与普通对比", "学习"]
 
