@@ -218,7 +218,10 @@ def register(name: str, builder: Callable[[], Dataset]) -> None:
 def load_dataset(name: str = "shapes", device="cpu") -> Dataset:
     """The dataset called name on device, built on first use and then shared: never write into its tensors."""
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+        raise UserError(
+            f"unknown dataset {name!r}; choose from {sorted(DATASETS)}",
+            zh=f"未知的数据集 {name!r}；可选 {sorted(DATASETS)}",
+        )
     device = str(torch.empty(0, device=device).device)  # "cuda" -> "cuda:0": one key per real device
     with _LOCK:
         if (name, "cpu") not in _CACHE:

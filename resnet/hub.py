@@ -86,7 +86,9 @@ def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
             raise DataError(
                 f"{name} could not be fetched from the Hugging Face Hub ({type(e).__name__}): this "
-                "machine may be offline. The embedded 'shapes' dataset works without a network."
+                "machine may be offline. The embedded 'shapes' dataset works without a network.",
+                zh=f"无法从 Hugging Face Hub 获取 {name}（{type(e).__name__}）：这台机器可能没有联网。"
+                "内置的 shapes 数据集不需要网络。",
             ) from e
         tensors[f"{split}_x"], tensors[f"{split}_y"] = decode_parquet(path, spec.image)
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from .errors import UserError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 1 kB PNG can claim to be 30000x30000 (a decompression bomb)
 EMPTY = "The drawing is empty: draw a shape first."
+EMPTY_ZH = "画板是空的：请先画一个图形。"
 WHITE = (255, 255, 255)
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises on bytes that are no (whole) image
 
@@ -117,16 +118,22 @@ def _open(value, draft=None) -> Image.Image:
             raise ImageError("Only local image files can be read; this value has no local path.")
         value = value["path"]
     if value is None:
-        raise ImageError("No image: upload a picture or draw something first.")
+        raise ImageError(
+            "No image: upload a picture or draw something first.", zh="没有图片：请先上传一张图片或画点什么。"
+        )
     if isinstance(value, np.ndarray):
         return _from_array(value)
     if isinstance(value, Image.Image):
         _check_size(*value.size)
         return _decode(value)
     if isinstance(value, str) and re.match(r"(https?|ftp|data):", value, re.IGNORECASE):
-        raise ImageError("Web addresses are not fetched: upload the image file instead.")
+        raise ImageError(
+            "Web addresses are not fetched: upload the image file instead.", zh="不会去获取网址：请上传图片文件。"
+        )
     if isinstance(value, (str, os.PathLike)) and not os.path.isfile(value):
-        raise ImageError(f"There is no image file at {os.fspath(value)!r}.")
+        raise ImageError(
+            f"There is no image file at {os.fspath(value)!r}.", zh=f"{os.fspath(value)!r} 处没有图片文件。"
+        )
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = io.BytesIO(value)
     elif not isinstance(value, (str, os.PathLike)) and not hasattr(value, "read"):
@@ -136,9 +143,14 @@ def _open(value, draft=None) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses > 2 * MAX_IMAGE_PIXELS on its own
         size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
-        raise ImageError(f"The image is too large ({size}); the limit is {MAX_PIXELS:,} pixels.") from None
+        raise ImageError(
+            f"The image is too large ({size}); the limit is {MAX_PIXELS:,} pixels.",
+            zh=f"图片太大（{size}）；上限是 {MAX_PIXELS:,} 像素。",
+        ) from None
     except UNREADABLE as e:  # UnidentifiedImageError is an OSError
-        raise ImageError(f"That file is not an image we can read ({e}).") from None
+        raise ImageError(
+            f"That file is not an image we can read ({e}).", zh=f"这个文件不是能读取的图片（{e}）。"
+        ) from None
     with img:
         _check_size(*img.size)
         if draft and img.format == "JPEG":
@@ -158,7 +170,9 @@ def _decode(img: Image.Image) -> Image.Image:
     except ImageError:
         raise
     except UNREADABLE as e:  # a truncated or corrupt file fails here, when the pixels are decoded
-        raise ImageError(f"That file is not an image we can read ({e}).") from None
+        raise ImageError(
+            f"That file is not an image we can read ({e}).", zh=f"这个文件不是能读取的图片（{e}）。"
+        ) from None
 
 
 def _from_array(a: np.ndarray) -> Image.Image:
@@ -168,7 +182,10 @@ def _from_array(a: np.ndarray) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] in (1, 2):
         a = a[..., 0] if a.shape[-1] == 1 else a[..., [0, 0, 0, 1]]  # gray (+ alpha) -> HxW or RGBA
     if a.size == 0 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageError(f"An image array must be HxW, HxWx3 or HxWx4 and not empty; this one is {a.shape}.")
+        raise ImageError(
+            f"An image array must be HxW, HxWx3 or HxWx4 and not empty; this one is {a.shape}.",
+            zh=f"图像数组必须是 HxW、HxWx3 或 HxWx4 且不能为空；这个是 {a.shape}。",
+        )
     _check_size(a.shape[1], a.shape[0])
     if a.dtype == bool:
         a = a * 255.0
@@ -192,9 +209,12 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 def _check_size(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise ImageError(f"The image is too large ({width}x{height} pixels); the limit is {MAX_PIXELS:,} pixels.")
+        raise ImageError(
+            f"The image is too large ({width}x{height} pixels); the limit is {MAX_PIXELS:,} pixels.",
+            zh=f"图片太大（{width}x{height} 像素）；上限是 {MAX_PIXELS:,} 像素。",
+        )
     if width * height == 0:
-        raise ImageError(f"The image is empty ({width}x{height} pixels).")
+        raise ImageError(f"The image is empty ({width}x{height} pixels).", zh=f"图片是空的（{width}x{height} 像素）。")
 
 
 # --- squaring: photos are padded, drawings are cropped to their strokes ----------------------------------------
@@ -229,7 +249,7 @@ def _drawing(value: dict) -> Image.Image:
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         parts = [_open(v) for v in [value.get("background"), *layers] if v is not None]
         if not parts:
-            raise ImageError(EMPTY)
+            raise ImageError(EMPTY, zh=EMPTY_ZH)
         img = Image.new("RGBA", parts[0].size, WHITE + (0,))
         for part in parts:  # in order: background first, then each layer on top
             layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
@@ -237,7 +257,7 @@ def _drawing(value: dict) -> Image.Image:
             img = Image.alpha_composite(img, layer)
     img = _flatten(img)
     if not _strokes(np.asarray(img), _border_colour(np.asarray(img))).any():  # all transparent or one colour
-        raise ImageError(EMPTY)
+        raise ImageError(EMPTY, zh=EMPTY_ZH)
     return img
 
 

@@ -60,7 +60,10 @@ def architecture(name: str | None) -> ResNetConfig:
     if name is not None and name not in ARCHITECTURES:
         from .errors import UserError
 
-        raise UserError(f"unknown network {name!r}; choose from {list(ARCHITECTURES)}")
+        raise UserError(
+            f"unknown network {name!r}; choose from {list(ARCHITECTURES)}",
+            zh=f"未知的网络 {name!r}；可选 {list(ARCHITECTURES)}",
+        )
     n = ARCHITECTURES.get(name, 0)
     return cifar_config(n) if n else ResNetConfig()
 

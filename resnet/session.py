@@ -192,7 +192,10 @@ class Session:
     def _make_optimizer(self):
         c = self.config
         if c.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {c.optimizer!r}; choose from {list(OPTIMIZERS)}")
+            raise UserError(
+                f"unknown optimizer {c.optimizer!r}; choose from {list(OPTIMIZERS)}",
+                zh=f"未知的优化器 {c.optimizer!r}；可选 {list(OPTIMIZERS)}",
+            )
         check_lr(c.lr)
         params = self.model.parameters()
         # foreach: one kernel per op for all parameters instead of one per parameter
@@ -474,10 +477,16 @@ def _number(value) -> bool:
 
 def check_lr(lr: float) -> None:
     if not _number(lr) or not 0 < lr <= 1e4:
-        raise UserError(f"learning rate must be a number in (0, 10000]; got {lr!r}")
+        raise UserError(
+            f"learning rate must be a number in (0, 10000]; got {lr!r}",
+            zh=f"学习率必须是 (0, 10000] 之间的数；收到的是 {lr!r}",
+        )
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
     top = min(n_train, 4096)
     if not _number(batch_size) or batch_size != int(batch_size) or not 1 <= batch_size <= top:
-        raise UserError(f"batch size must be a whole number from 1 to {top}; got {batch_size!r}")
+        raise UserError(
+            f"batch size must be a whole number from 1 to {top}; got {batch_size!r}",
+            zh=f"批大小必须是 1 到 {top} 之间的整数；收到的是 {batch_size!r}",
+        )

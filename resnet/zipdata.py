@@ -32,38 +32,67 @@ def load_zip(path: str | Path, limits: ZipLimits = ZipLimits(), held_out: float 
     """A zip of class folders (cat/1.png, dog/x.jpg, ...) -> a Dataset; anything odd is refused with the reason."""
     path = Path(path)
     if path.stat().st_size > limits.max_bytes:
-        raise DataError(f"The zip is {path.stat().st_size / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB.")
+        raise DataError(
+            f"The zip is {path.stat().st_size / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB.",
+            zh=f"这个 zip 有 {path.stat().st_size / MB:.1f} MB；上限是 {limits.max_bytes / MB:g} MB。",
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"That file is not a zip archive we can read ({e}).") from e
+        raise DataError(
+            f"That file is not a zip archive we can read ({e}).", zh=f"这个文件不是能读取的 zip 压缩包（{e}）。"
+        ) from e
     with archive:
         entries = [e for e in archive.infolist() if not e.is_dir()]
         if len(entries) > limits.max_files:
-            raise DataError(f"The zip holds {len(entries)} files; the limit is {limits.max_files}.")
+            raise DataError(
+                f"The zip holds {len(entries)} files; the limit is {limits.max_files}.",
+                zh=f"这个 zip 里有 {len(entries)} 个文件；上限是 {limits.max_files}。",
+            )
         if sum(e.file_size for e in entries) > limits.max_unpacked:
-            raise DataError(f"The zip unpacks to more than {limits.max_unpacked / MB:.0f} MB.")
+            raise DataError(
+                f"The zip unpacks to more than {limits.max_unpacked / MB:.0f} MB.",
+                zh=f"这个 zip 解压后超过 {limits.max_unpacked / MB:.0f} MB。",
+            )
         by_class: dict[str, list[np.ndarray]] = {}
         for e in entries:
             parts = e.filename.replace("\\", "/").split("/")
             if e.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
-                raise DataError(f"Refused: the entry {e.filename!r} points outside the archive.")
+                raise DataError(
+                    f"Refused: the entry {e.filename!r} points outside the archive.",
+                    zh=f"已拒绝：条目 {e.filename!r} 指向压缩包之外。",
+                )
             if parts[-1].startswith(".") or parts[0] == "__MACOSX":
                 continue  # macOS and editor litter
             if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{e.filename!r} is not an image file; the zip must hold only class folders of images.")
+                raise DataError(
+                    f"{e.filename!r} is not an image file; the zip must hold only class folders of images.",
+                    zh=f"{e.filename!r} 不是图片文件；zip 里只能有按类别分的图片文件夹。",
+                )
             if len(parts) < 2:
-                raise DataError(f"{e.filename!r} is not inside a class folder (expected e.g. cat/{parts[-1]}).")
+                raise DataError(
+                    f"{e.filename!r} is not inside a class folder (expected e.g. cat/{parts[-1]}).",
+                    zh=f"{e.filename!r} 不在类别文件夹里（应为例如 cat/{parts[-1]}）。",
+                )
             try:
                 pixels = np.asarray(to_square(archive.read(e)))  # (32, 32, 3) uint8, exactly as predict sees it
             except ImageError as err:
-                raise DataError(f"{e.filename!r} could not be read as an image. {err}") from err
+                raise DataError(
+                    f"{e.filename!r} could not be read as an image. {err}",
+                    zh=f"{e.filename!r} 无法作为图片读取。{err.text('zh')}",
+                ) from err
             by_class.setdefault(parts[-2], []).append(pixels)
     if len(by_class) < 2:
-        raise DataError(f"Found {len(by_class)} class folder(s); at least 2 are needed to learn anything.")
+        raise DataError(
+            f"Found {len(by_class)} class folder(s); at least 2 are needed to learn anything.",
+            zh=f"只找到 {len(by_class)} 个类别文件夹；至少需要 2 个才能学到东西。",
+        )
     small = [c for c, imgs in by_class.items() if len(imgs) < limits.min_per_class]
     if small:
-        raise DataError(f"Each class needs at least {limits.min_per_class} images; too few in: {', '.join(small)}.")
+        raise DataError(
+            f"Each class needs at least {limits.min_per_class} images; too few in: {', '.join(small)}.",
+            zh=f"每个类别至少需要 {limits.min_per_class} 张图片；图片太少的类别：{'、'.join(small)}。",
+        )
     classes = tuple(sorted(by_class))
     split = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
     for label, name in enumerate(classes):

@@ -319,3 +319,14 @@ def test_the_twins_tab_shows_axes_and_how_to_start_before_any_twin_exists():
     *figures, status = app.twin_start(SimpleNamespace(session_hash="a page that only looks", headers={}))
     assert all("Press Step or ▶ Play" in [a["text"] for a in f["layout"]["annotations"]] for f in figures)
     assert "first click" in status and len(app.POOL) <= seats  # and looking built no twins
+
+
+def test_a_chinese_browser_gets_its_errors_in_chinese(app_url, tmp_path):
+    zh = Client(app_url, verbose=False, headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    zh.predict(api_name="/load")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(AppError, match="不是能读取的图片"):
+        zh.predict(handle_file(str(junk)), api_name="/predict_image")
+    with pytest.raises(AppError, match="请先选择一个按类别分文件夹的 .zip"):
+        zh.predict(None, "ResNet-20", 0, "adam", 1e-3, 64, None, api_name="/use_zip")
