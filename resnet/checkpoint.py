@@ -181,7 +181,10 @@ def push(model: HubResNet, repo_id: str, token: str, card: dict | None = None) -
     needed; returns the repo's URL. The token is used for this call only, and never appears in a message."""
     repo_id = check_repo_id(repo_id)
     if not (token or "").strip():
-        raise CheckpointError("a push needs a write token: make one at huggingface.co/settings/tokens")
+        raise CheckpointError(
+            "a push needs a write token: make one at huggingface.co/settings/tokens",
+            zh="推送需要一个写入令牌：在 huggingface.co/settings/tokens 创建一个",
+        )
     api = HfApi(token=token.strip())
     payload = files(model, card, repo_id)
     try:
@@ -195,7 +198,8 @@ def push(model: HubResNet, repo_id: str, token: str, card: dict | None = None) -
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403) or isinstance(e, RepositoryNotFoundError):  # someone else's repo, or a bad token
             raise CheckpointError(
-                f"the Hugging Face Hub refused the push to {repo_id}: the token needs write access to it"
+                f"the Hugging Face Hub refused the push to {repo_id}: the token needs write access to it",
+                zh=f"Hugging Face Hub 拒绝了推送到 {repo_id}：令牌需要对它有写入权限",
             ) from None
         raise unreachable(repo_id, e) from None
     return str(url)
@@ -230,10 +234,16 @@ def check_sizes(sizes: dict[str, int | None], source: str, limits: CheckpointLim
     any is read. Raises CheckpointError naming the file and its limit."""
     missing = [name for name in FILES if name not in sizes]
     if missing:
-        raise CheckpointError(f"{source} is not a checkpoint of this app: it has no {' and no '.join(missing)}")
+        raise CheckpointError(
+            f"{source} is not a checkpoint of this app: it has no {' and no '.join(missing)}",
+            zh=f"{source} 不是本应用的检查点：它缺少 {'、'.join(missing)}",
+        )
     for name, cap in zip(FILES, (limits.max_config_bytes, limits.max_weights_bytes)):
         if sizes[name] is None or sizes[name] > cap:
-            raise CheckpointError(f"{source}: {name} is {mb(sizes[name])}; the limit is {mb(cap)}")
+            raise CheckpointError(
+                f"{source}: {name} is {mb(sizes[name])}; the limit is {mb(cap)}",
+                zh=f"{source}：{name} 有 {mb(sizes[name])}；上限是 {mb(cap)}",
+            )
 
 
 def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
@@ -246,17 +256,28 @@ def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
         numbers = [arch["in_channels"], arch["num_classes"], arch["stem_width"], *widths, *blocks]
         unknown = sorted(set(config) - CONFIG_KEYS) + sorted(set(arch) - ARCH_KEYS)
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"config.json is not this app's checkpoint config ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"config.json is not this app's checkpoint config ({type(e).__name__}: {e})",
+            zh=f"config.json 不是本应用的检查点配置（{type(e).__name__}: {e}）",
+        ) from None
     if unknown:
-        raise CheckpointError(f"config.json is not this app's checkpoint config: unknown fields {unknown[:5]}")
+        raise CheckpointError(
+            f"config.json is not this app's checkpoint config: unknown fields {unknown[:5]}",
+            zh=f"config.json 不是本应用的检查点配置：未知字段 {unknown[:5]}",
+        )
     if not all(type(n) is int for n in numbers):
-        raise CheckpointError("config.json: sizes must be whole numbers")
+        raise CheckpointError("config.json: sizes must be whole numbers", zh="config.json：尺寸必须是整数")
     if type(arch.get("zero_init_residual", False)) is not bool:
-        raise CheckpointError("config.json: zero_init_residual must be true or false")
+        raise CheckpointError(
+            "config.json: zero_init_residual must be true or false",
+            zh="config.json：zero_init_residual 必须是 true 或 false",
+        )
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError("config.json: classes must be a list of names")
+        raise CheckpointError(
+            "config.json: classes must be a list of names", zh="config.json：classes 必须是类别名称的列表"
+        )
     if not isinstance(config.get("dataset", ""), str):
-        raise CheckpointError("config.json: dataset must be a name")
+        raise CheckpointError("config.json: dataset must be a name", zh="config.json：dataset 必须是一个名称")
     problems = []
     if not 1 <= len(widths) == len(blocks) <= limits.max_stages:
         problems.append(f"1 to {limits.max_stages} stages, each with a width and a block count")
@@ -271,7 +292,10 @@ def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
     if not isinstance(shortcuts, list) or len(shortcuts) != sum(blocks) or not all(type(b) is bool for b in shortcuts):
         problems.append("one shortcut switch (true/false) per block")
     if problems:
-        raise CheckpointError("This checkpoint is outside what the app builds: it needs " + "; ".join(problems) + ".")
+        raise CheckpointError(
+            "This checkpoint is outside what the app builds: it needs " + "; ".join(problems) + ".",
+            zh="这个检查点超出了本应用能构建的范围，需要满足：" + "；".join(problems) + "。",
+        )
     return {
         "architecture": dict(arch),
         "classes": classes,
@@ -287,12 +311,16 @@ def build(config_raw: bytes, weights_raw: bytes, limits: CheckpointLimits = LIMI
     try:
         state = safetensors.torch.load(weights_raw)
     except Exception as e:  # noqa: BLE001 -- safetensors raises its own error kinds for a damaged file
-        raise CheckpointError(f"model.safetensors could not be read ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"model.safetensors could not be read ({type(e).__name__})",
+            zh=f"无法读取 model.safetensors（{type(e).__name__}）",
+        ) from None
     try:
         return _built(kwargs, state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
         raise CheckpointError(
-            f"not a checkpoint of this app's ResNet: its weights do not fit its config.json ({_first_problem(e)})"
+            f"not a checkpoint of this app's ResNet: its weights do not fit its config.json ({_first_problem(e)})",
+            zh=f"不是本应用 ResNet 的检查点：权重与它的 config.json 不符（{_first_problem(e)}）",
         ) from None
 
 
@@ -316,20 +344,28 @@ def load_upload(zip_path: str | Path, limits: CheckpointLimits = LIMITS) -> HubR
     checked before reading, and nothing is extracted, so nothing is written."""
     size = Path(zip_path).stat().st_size
     if size > limits.max_zip_bytes:
-        raise CheckpointError(f"that zip is {mb(size)}; a checkpoint zip's limit is {mb(limits.max_zip_bytes)}")
+        raise CheckpointError(
+            f"that zip is {mb(size)}; a checkpoint zip's limit is {mb(limits.max_zip_bytes)}",
+            zh=f"这个 zip 有 {mb(size)}；检查点 zip 的上限是 {mb(limits.max_zip_bytes)}",
+        )
     try:
         with zipfile.ZipFile(zip_path) as z:
             sizes = {info.filename: info.file_size for info in z.infolist()}  # as unpacked, from the zip's index
             if not set(sizes) <= {*FILES, "README.md"}:
                 raise CheckpointError(
                     "a checkpoint zip holds config.json and model.safetensors (and a README.md card); "
-                    f"this one holds {sorted(sizes)[:5]}"
+                    f"this one holds {sorted(sizes)[:5]}",
+                    zh="检查点 zip 应包含 config.json 和 model.safetensors（以及 README.md 模型卡）；"
+                    f"这个包含 {sorted(sizes)[:5]}",
                 )
             check_sizes(sizes, "that zip", limits)
             raw = [z.read(name) for name in FILES]  # the card is for people: never read
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
         # not a zip, damaged, encrypted, or packed in a way Python cannot unpack
-        raise CheckpointError(f"that file could not be read as a zip ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"that file could not be read as a zip ({type(e).__name__})",
+            zh=f"这个文件无法作为 zip 读取（{type(e).__name__}）",
+        ) from None
     return build(*raw, limits)
 
 
@@ -341,13 +377,17 @@ def check_repo_id(repo_id: str) -> str:
     except HFValidationError:
         repo_id = ""
     if repo_id.count("/") != 1:  # owner/name, as the app asks for
-        raise CheckpointError("that is not a Hugging Face repo id; type one like you/resnet-playground")
+        raise CheckpointError(
+            "that is not a Hugging Face repo id; type one like you/resnet-playground",
+            zh="这不是 Hugging Face 仓库 ID；请输入类似 you/resnet-playground 的 ID",
+        )
     return repo_id
 
 
 def unreachable(repo_id: str, e: Exception) -> CheckpointError:
     return CheckpointError(
-        f"could not reach the Hugging Face Hub for {repo_id} ({type(e).__name__}); check the network and try again"
+        f"could not reach the Hugging Face Hub for {repo_id} ({type(e).__name__}); check the network and try again",
+        zh=f"无法连接 Hugging Face Hub 获取 {repo_id}（{type(e).__name__}）；请检查网络后再试",
     )
 
 
@@ -369,7 +409,8 @@ def load_repo(
             ]
     except (RepositoryNotFoundError, RevisionNotFoundError):  # the Hub says the same for private and gated repos
         raise CheckpointError(
-            f"there is no public model repo {repo_id}{f' at {revision}' if revision else ''} on the Hugging Face Hub"
+            f"there is no public model repo {repo_id}{f' at {revision}' if revision else ''} on the Hugging Face Hub",
+            zh=f"Hugging Face Hub 上没有公开的模型仓库 {repo_id}",
         ) from None
     except (httpx2.HTTPError, OSError) as e:  # offline, refused, timed out, rate-limited, the Hub down
         raise unreachable(repo_id, e) from None
@@ -401,7 +442,8 @@ def session_from(model: HubResNet, config=None):
     if list(session.data.classes) != model.classes:
         raise CheckpointError(
             f"the checkpoint's classes ({', '.join(model.classes)}) are not those of the "
-            f"'{dataset}' dataset; load it where that dataset is available"
+            f"'{dataset}' dataset; load it where that dataset is available",
+            zh=f"检查点的类别（{'、'.join(model.classes)}）与数据集 {dataset} 的不同；请在有该数据集的地方加载它",
         )
     with session.lock:
         load_into(session.model, model)

@@ -330,3 +330,9 @@ def test_a_chinese_browser_gets_its_errors_in_chinese(app_url, tmp_path):
         zh.predict(handle_file(str(junk)), api_name="/predict_image")
     with pytest.raises(AppError, match="请先选择一个按类别分文件夹的 .zip"):
         zh.predict(None, "ResNet-20", 0, "adam", 1e-3, 64, None, api_name="/use_zip")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("star.png", (ASSETS / "examples" / "star.png").read_bytes())
+    with pytest.raises(AppError, match="检查点 zip 应包含"):
+        zh.predict(handle_file(str(tmp_path / "other.zip")), "", None, api_name="/load_model")
