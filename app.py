@@ -517,8 +517,20 @@ def prediction(session: Session, x) -> dict | None:
 
 
 def view(session: Session, x=None, report=None) -> list:
-    """Everything a training event updates: four charts, the status line, the prediction."""
-    return [*chart_values(session), status_text(session, report), prediction(session, x)]
+    """Everything a training event updates: four charts, the status line, the prediction, the switch readout."""
+    return [*chart_values(session), status_text(session, report), prediction(session, x), switch_readout(session)]
+
+
+def switch_readout(session: Session, k: int = 20) -> dict:
+    """Around the learner's latest shortcut switch: each layer's mean gradient norm over up to k steps before and
+    after it, as paired bars, and the loss's in the title; until there are steps on both sides, how to get one."""
+    history = session.history
+    switch = next((e["step"] for e in reversed(history.events) if e["kind"] == "shortcut"), None)
+    after = sum(r["step"] > switch for r in history.steps) if switch is not None else 0
+    if switch is None or not after or not any(r["step"] <= switch for r in history.steps):
+        return translated(charts.switch_placeholder(id(session.model)))
+    readout = guided.before_after(history, switch, min(k, after))
+    return translated(charts.before_after_figure(readout, revision=id(session.model)))
 
 
 def block_choices(session: Session) -> list[tuple[str, str]]:
@@ -1144,11 +1156,12 @@ def training_panel() -> SimpleNamespace:
         with gr.Column(scale=3):
             loss_chart, acc_chart = chart_row("chart-loss", "chart-acc")
             grad_chart, heat_chart = chart_row("chart-grad", "chart-heat")
+            (switch_chart,) = chart_row("chart-switch")
     return SimpleNamespace(
         step_btn=step_btn, play_btn=play_btn, pause_btn=pause_btn, n_steps=n_steps, step_n_btn=step_n_btn,
         status=status, all_on=all_on, blocks_on=blocks_on, optimizer=optimizer, lr=lr, batch=batch,
         dataset=dataset, architecture=architecture, seed=seed, reset_btn=reset_btn,
-        charts=[loss_chart, acc_chart, grad_chart, heat_chart],
+        charts=[loss_chart, acc_chart, grad_chart, heat_chart], switch_chart=switch_chart,
     )  # fmt: skip
 
 
@@ -1269,7 +1282,7 @@ def twins_tab() -> list:
 
 def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:
     """The events that train the learner's session: each updates the charts, the status and the prediction."""
-    train_out = [*ui.charts, ui.status, seen.label]
+    train_out = [*ui.charts, ui.status, seen.label, ui.switch_chart]
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
     settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]

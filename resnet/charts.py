@@ -484,6 +484,17 @@ def before_after_figure(readout: dict, revision=0) -> dict:
     return {"data": data, "layout": layout}
 
 
+SWITCH_TEXT = "Switch a shortcut and train on: bars compare each layer before and after"
+
+
+def switch_placeholder(revision=0) -> dict:
+    """The before/after chart before there is a switch with training on both sides of it."""
+    layout = _layout("Before and after your latest shortcut switch", "‖∂loss/∂W‖", revision, log=True)
+    figure = _figure([], layout)
+    figure["layout"]["annotations"] = [{**figure["layout"]["annotations"][0], "text": SWITCH_TEXT}]
+    return figure
+
+
 # --- the same charts in Chinese ----------------------------------------------------------------------------------
 # Whole strings, then the words inside composed ones (trace names, markers); layer names (stem, block1.conv1, fc)
 # and network names stay as they are, as in the notebook.
@@ -508,6 +519,8 @@ ZH_WHOLE = {
     "held-out accuracy": "留出集准确率",
     "layer, input → output": "层，从输入到输出",
     EMPTY_TEXT: "按“单步”或“▶ 播放”开始",
+    SWITCH_TEXT: "开关一个残差连接后继续训练：柱状图比较每一层在切换前后的梯度",
+    "Before and after your latest shortcut switch": "你最近一次开关残差连接的前后对比",
 }
 ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
     (r"^∂loss/∂W of (.+)$", r"\1 的 ∂loss/∂W"),

@@ -127,7 +127,7 @@ def test_teach_takes_one_step_on_your_image_and_compare_takes_none(client):
     assert "shortcuts on" in text and "no step" in text
     out = client.predict("circle", "block1.conv1", api_name="/teach")
     assert "**Step 1**" in status_of(out)  # teaching is a real, recorded step
-    assert "Step 1 on your image" in out[6]
+    assert "Step 1 on your image" in out[7]
     with pytest.raises(AppError, match="not in the list of choices"):
         client.predict("not-a-class", "block1.conv1", api_name="/teach")
 
@@ -336,3 +336,17 @@ def test_a_chinese_browser_gets_its_errors_in_chinese(app_url, tmp_path):
         z.writestr("star.png", (ASSETS / "examples" / "star.png").read_bytes())
     with pytest.raises(AppError, match="检查点 zip 应包含"):
         zh.predict(handle_file(str(tmp_path / "other.zip")), "", None, api_name="/load_model")
+
+
+def test_a_shortcut_switch_gets_a_before_after_readout_per_layer(client):
+    first = client.predict(api_name="/step")
+    assert "Switch a shortcut" in first[6]["layout"]["annotations"][0]["text"]  # nothing to compare yet
+    client.predict(api_name="/step")
+    client.predict(False, api_name="/all_shortcuts")
+    client.predict(api_name="/step")
+    out = client.predict(api_name="/step")
+    readout = out[6]
+    assert readout["layout"]["title"]["text"].startswith("Switch at step 2: loss")
+    before, after = readout["data"]
+    assert before["x"] == after["x"] and "stem" in before["x"] and len(before["x"]) >= 8  # one pair per layer
+    assert all(r is None or r >= 0 for r in before["customdata"])  # after/before (0: an unused projection)
