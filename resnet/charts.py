@@ -480,7 +480,7 @@ def before_after_figure(readout: dict, revision=0) -> dict:
     ]
     title = f"Switch at step {readout['step']}: loss {loss['before']:.2f} → {loss['after']:.2f}"
     layout = _layout(title, "‖∂loss/∂W‖", revision, log=True, barmode="group")
-    layout["xaxis"] = {"title": {"text": "layer, input → output"}, "tickangle": -45}
+    layout["xaxis"] = {"title": {"text": "layer, input → output", "standoff": 12}, "tickangle": -45, "automargin": True}
     return {"data": data, "layout": layout}
 
 

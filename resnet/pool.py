@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .errors import UserError
+from .session import merge_reports
 
 CLICK, PLAY = 0, 1  # turn priorities: a learner's single action goes before Play's next turn
 
@@ -275,14 +276,8 @@ def _steps_of(report: dict) -> int:
 def _merge(a: dict, b: dict) -> dict:
     """Two consecutive step reports -> one, in the same shape (a TwinSession's: per twin)."""
     if "residual" in a:
-        return {name: _merge(a[name], b[name]) for name in a}
-    return {
-        "step": b["step"],
-        "done": a["done"] + b["done"],
-        "rejected": a["rejected"] + b["rejected"],
-        "messages": a["messages"] + b["messages"],
-        "last": b["last"] if b["last"] is not None else a["last"],
-    }
+        return {name: merge_reports([a[name], b[name]], b[name]["step"]) for name in a}
+    return merge_reports([a, b], b["step"])
 
 
 def release_memory() -> None:

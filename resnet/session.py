@@ -475,6 +475,18 @@ def _number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def merge_reports(reports: list[dict], step: int) -> dict:
+    """Consecutive `Session.step` reports -> one report of them all, in the same shape, at `step`."""
+    last = [r["last"] for r in reports if r["last"] is not None]
+    return {
+        "step": step,
+        "done": sum(r["done"] for r in reports),
+        "rejected": sum(r["rejected"] for r in reports),
+        "messages": [m for r in reports for m in r["messages"]],
+        "last": last[-1] if last else None,
+    }
+
+
 def check_lr(lr: float) -> None:
     if not _number(lr) or not 0 < lr <= 1e4:
         raise UserError(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .data import Dataset, normalize
 from .model import ResNet, ResNetConfig
-from .session import History, Session, TrainConfig, restored, thin
+from .session import History, Session, TrainConfig, merge_reports, restored, thin
 
 
 class _FixedShortcuts(Session):
@@ -118,7 +118,7 @@ class TwinSession:
                 every = self.residual.config.eval_every
                 if reports["residual"][-1]["done"] and (step == 1 or (every and step % every == 0)):
                     self.record_routes()
-        return {name: _merge(session.step_count, reports[name]) for name, session in self.twins.items()}
+        return {name: merge_reports(reports[name], session.step_count) for name, session in self.twins.items()}
 
     @property
     def step_count(self) -> int:
@@ -152,18 +152,6 @@ class TwinSession:
         """lesion_accuracies of both twins: {"residual": [...], "plain": [...]}."""
         with self.lock:
             return {"residual": lesion_accuracies(self.residual, size), "plain": lesion_accuracies(self.plain, size)}
-
-
-def _merge(step: int, reports: list[dict]) -> dict:
-    """Session.step's reports of single steps -> one report of them all, in the same shape."""
-    last = [r["last"] for r in reports if r["last"] is not None]
-    return {
-        "step": step,
-        "done": sum(r["done"] for r in reports),
-        "rejected": sum(r["rejected"] for r in reports),
-        "messages": [m for r in reports for m in r["messages"]],
-        "last": last[-1] if last else None,
-    }
 
 
 # --- where the gradient goes ---------------------------------------------------------------------------------
