@@ -251,6 +251,7 @@ def latin_words(page: Page) -> set[str]:
                    for (const c of document.querySelectorAll('code, pre')) t = t.split(c.innerText).join(' ');
                    return t.split('∂loss').join(' '); }"""
     )  # ∂loss/∂W: the gradient, written as the notebook writes it
+    text = re.sub(r"\d+(\.\d+)?s\b", " ", text)  # gradio's progress timer ("1.2s") while an event runs: a unit
     words = {w.strip(".-") for w in re.findall(r"[A-Za-z][A-Za-z0-9_.\-]*", text)}
     return {w for w in words if not ALLOWED_LATIN.match(w)}
 
