@@ -10,6 +10,7 @@ import argparse
 import json
 import platform
 import statistics
+import threading
 import time
 from dataclasses import replace
 from functools import partial
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from .data import load_dataset, normalize
 from .notebook import NotebookResNet
+from .pool import SessionPool
 from .session import Session, TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "bench"  # where a bare --out name is written
@@ -79,13 +81,19 @@ def notebook_loop(data, device, batch: int):
 
 
 def session_loops(session: Session) -> tuple:
-    """(a step with telemetry, a step without) of the one session: the same weights, data and memory."""
+    """(a step with telemetry, a step without): of the one session, the same weights, data and memory, when it steps
+    eagerly; of two alike when its steps are captured (a capture is specific to telemetry on or off: flipping the
+    flag every few steps would time captures)."""
+    bare = session
+    if session.step_mode != "eager":
+        bare = Session(replace(session.config, telemetry=False), session.model_config)
 
-    def step(telemetry: bool):
-        session.config = replace(session.config, telemetry=telemetry)
-        session.step(1)
+    def step(s: Session, telemetry: bool):
+        if s.config.telemetry != telemetry:
+            s.config = replace(s.config, telemetry=telemetry)
+        s.step(1)
 
-    return partial(step, True), partial(step, False)
+    return partial(step, session, True), partial(step, bare, False)
 
 
 def ceiling_loop(session: Session) -> tuple:
@@ -205,19 +213,23 @@ def gpu_agreement(device, batch: int = 64) -> dict:
 
 
 def gpu_check(args) -> dict:
-    """Every GPU measurement in one command (< 8 min on one card): throughput at batch 512 for the notebook loop,
-    the session with and without telemetry, compiled, the twins and the ceiling; a room of 100 sessions at batch
-    64; and the bf16-vs-float64 agreement."""
+    """Every GPU measurement in one command (< 8 min on one card), its JSON written under assets/bench/: at batch 512
+    the notebook loop, the session's step captured (telemetry on and off), eager and compiled, the twins and the
+    ceiling; one learner at batch 64, captured against eager; a room of 100 learners on the app's scheduler, captured
+    and eager; the app itself with 100 learners (tests/load_test.py); the bf16-vs-float64 agreement. Smaller
+    --batch/--steps/--rounds/--sessions/--seconds make a dry run of it on any device."""
     device = torch.device("cuda" if args.device == "auto" else args.device)
-    batch, steps, rounds = args.batch if args.batch != 64 else 512, args.steps or 20, args.rounds or 7
+    batch, steps, rounds = args.batch or 512, args.steps or 20, args.rounds or 7
+    learners, seconds = args.sessions or 100, args.seconds if args.seconds is not None else 30
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{device} (a dry run)"
+    print(f"{name}, torch {torch.__version__}", flush=True)
     data = load_dataset("shapes", device)
     base = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
     session = Session(base)
-    compiled = Session(replace(base, compile=True))
     loops = {"notebook": notebook_loop(data, device, batch)}
     loops["engine"], loops["engine_no_telemetry"] = session_loops(session)
-    loops["engine_compiled"], loops["engine_compiled_no_telemetry"] = session_loops(compiled)
+    loops["engine_eager"], _ = session_loops(Session(replace(base, step_mode="eager")))
+    loops["engine_compiled"], _ = session_loops(Session(replace(base, compile=True)))
     try:
         from .twin import TwinSession
 
@@ -227,8 +239,16 @@ def gpu_check(args) -> dict:
         print(f"twin not measured: {e}")
     loops["ceiling"], flops = ceiling_loop(session)
     figures = speed(loops, batch, steps, rounds, device)
-    print_speed(figures, f"{name}, torch {torch.__version__}, batch {batch}, {rounds} rounds x {steps} steps")
-    print("warm-up seconds (3 steps, compilation included): " + json.dumps(figures["warmup_s"]))
+    print_speed(figures, f"{name}, batch {batch}, {rounds} rounds x {steps} steps, step mode {session.step_mode}")
+    print("warm-up seconds (3 steps, capture and compilation included): " + json.dumps(figures["warmup_s"]))
+
+    one = one_learner(device, steps=max(steps * 5, 10), rounds=rounds)
+    print(f"one learner, batch 64: {one['steps_s']} steps/s ({one['step_mode']}) against {one['eager_steps_s']} "
+          f"eager: x{one['speedup']}", flush=True)  # fmt: skip
+    rooms = {mode: room(learners, 64, seconds, str(device), step_mode=mode) for mode in ("auto", "eager")}
+    for r in rooms.values():
+        print(f"room of {learners} ({r['step_mode']}, {r['workers']} workers): {r['learner_steps_s']} learner-steps/s,"
+              f" wait p50/p95 {r['wait_p50_ms']}/{r['wait_p95_ms']} ms", flush=True)  # fmt: skip
     agreement = gpu_agreement(device)
     print(
         f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
@@ -237,21 +257,46 @@ def gpu_check(args) -> dict:
     best = max(v for k, v in figures["img_s"].items() if k != "ceiling")
     result = {
         "device": name,
+        "torch": torch.__version__,
         "batch": batch,
+        "step_mode": session.step_mode,
         **{f"{k}_img_s": round(v) for k, v in figures["img_s"].items()},
         "telemetry_overhead": round(figures["telemetry_overhead"], 4),
         "telemetry_overhead_spread": round(figures["telemetry_overhead_spread"], 4),
         "engine_vs_ceiling": round(figures["engine_vs_ceiling"], 3),
+        "engine_vs_ceiling_spread": round(figures["engine_vs_ceiling_spread"], 3),
         "telemetry_overhead_best": round(figures["telemetry_overhead_best"], 4),
         "engine_vs_ceiling_best": round(figures["engine_vs_ceiling_best"], 3),
         "layers_tflop_s": round(figures["img_s"]["ceiling"] * flops["train_gflop_per_image"] / 1e3, 1),
         "warmup_s": figures["warmup_s"],
         "tflops_engine_best": round(best * flops["train_gflop_per_image"] / 1e3, 1),
+        "one_learner_b64": one,
+        "room": rooms["auto"],
+        "room_eager": rooms["eager"],
         **agreement,
     }
-    if device.type == "cuda":
-        result["room"] = room(100, 64, seconds=30, device=str(device))
+    if args.app:
+        result["app_room"] = load_test(["--sessions", str(learners), "--seconds", str(2 * seconds)])
+        a = result["app_room"]
+        print(f"through the app, {learners} learners: {json.dumps(a)}", flush=True)
     return result
+
+
+def one_learner(device, steps: int, rounds: int, batch: int = 64) -> dict:
+    """One learner's steps/s at `batch`, as the app steps (one step and its statistics at a time): the session's
+    default step (captured on a GPU) against eager, interleaved round by round."""
+    config = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
+    default, eager = Session(config), Session(replace(config, step_mode="eager"))
+    loops = {"default": lambda: default.step(1), "eager": lambda: eager.step(1)}
+    times, _ = interleaved(loops, steps, rounds, device, warmup=4)
+    rate = {name: statistics.median(steps / t for t in ts) for name, ts in times.items()}
+    return {
+        "step_mode": default.step_mode,
+        "steps_s": round(rate["default"], 1),
+        "eager_steps_s": round(rate["eager"], 1),
+        "speedup": round(rate["default"] / rate["eager"], 2),
+        "captures": default.captures,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -262,56 +307,77 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (k - lo)
 
 
-def room(sessions: int, batch: int = 64, seconds: float = 20, device: str = "auto", precision: str = "auto") -> dict:
-    """A room headless: `sessions` learners' sessions on one device, stepped round-robin one step per turn (as a
-    step-granular scheduler would) for about `seconds`, whole rounds only. Returns the total learner-steps/s and,
-    per session, the p50 and p95 of its wait between turns (the end of its step to the start of its next), in ms:
-    how long a learner's chart stands still while the others train."""
-    config = TrainConfig(batch_size=batch, device=device, precision=precision, eval_every=0)
+def room(
+    sessions: int,
+    batch: int = 64,
+    seconds: float = 20,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
+    step_mode: str = "auto",
+) -> dict:
+    """A room headless: `sessions` learners all pressing Play for `seconds` on one pool, the app's scheduler (`workers`
+    slots handed over first come first served, one step per turn; default 4 on a GPU, 1 elsewhere). Returns the
+    learner-steps/s in total and, per learner, its steps and the p50 and p95 of its wait between steps (the end of
+    one to the start of the next), in ms: how long a learner's chart stands still while the others train."""
+    config = TrainConfig(batch_size=batch, device=device, precision=precision, eval_every=0, step_mode=step_mode)
     learners = [Session(replace(config, seed=i)) for i in range(sessions)]
-    for s in learners:  # each one's first step allocates and picks kernels: not part of a room's rhythm
-        s.step(1)
-    waits, ended = [[] for _ in learners], [None] * sessions
-    steps, start = 0, time.perf_counter()
-    while steps < 3 * sessions or time.perf_counter() - start < seconds:  # 3 rounds at least: 2 waits each
-        for i, s in enumerate(learners):
-            t = time.perf_counter()
-            if ended[i] is not None:
-                waits[i].append(t - ended[i])
-            s.step(1)  # returns after the device has finished (the step's statistics come back to the host)
-            ended[i] = time.perf_counter()
-            steps += 1
+    for s in learners:  # allocation, kernel choice and (on a GPU) the capture: not part of a room's rhythm
+        s.step(4 if s.step_mode == "graph" else 1)
+    workers = workers or (4 if learners[0].device.type == "cuda" else 1)
+    pool = SessionPool(lambda: None, max_sessions=sessions, workers=workers, turn_seconds=0.0, report_seconds=1.0)
+    for i, s in enumerate(learners):
+        pool.replace(str(i), s)
+    times: list[list[tuple[float, float]]] = [[] for _ in learners]  # per learner: (start, end) of each step
+
+    def timed(i: int, s: Session, n: int) -> dict:
+        t = time.perf_counter()
+        report = s.step(n)  # returns once the device has finished (the step's statistics are on the host)
+        times[i].append((t, time.perf_counter()))
+        return report
+
+    def play(i: int):
+        for _ in pool.train(str(i), seconds=seconds, step=partial(timed, i)):
+            pass
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(sessions)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - start
+    steps = [len(ts) for ts in times]
+    waits = [[b[0] - a[1] for a, b in zip(ts, ts[1:])] or [0.0] for ts in times]
     p50 = [round(1000 * percentile(w, 0.5), 1) for w in waits]
     p95 = [round(1000 * percentile(w, 0.95), 1) for w in waits]
     return {
         "device": str(learners[0].device),
         "precision": learners[0].precision,
+        "step_mode": learners[0].step_mode,
         "sessions": sessions,
+        "workers": workers,
         "batch": batch,
         "seconds": round(elapsed, 1),
-        "learner_steps": steps,
-        "learner_steps_s": round(steps / elapsed, 2),
-        "img_s": round(steps * batch / elapsed, 1),
+        "learner_steps": sum(steps),
+        "learner_steps_s": round(sum(steps) / elapsed, 2),
+        "img_s": round(sum(steps) * batch / elapsed, 1),
         "wait_p50_ms": statistics.median(p50),  # the typical learner's typical wait
         "wait_p95_ms": max(p95),  # the unluckiest learner's slow turns
+        "session_steps": steps,
         "session_wait_p50_ms": p50,
         "session_wait_p95_ms": p95,
     }
 
 
-def app_speed(seconds: float) -> dict:
-    """The app-driven figures, measured by tests/load_test.py in its own process: the package never talks HTTP."""
+def load_test(argv: list[str]) -> dict:
+    """The app-driven figures, measured by tests/load_test.py in its own process (the package never talks HTTP):
+    its last line of output, a JSON object."""
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parent.parent / "tests" / "load_test.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--app-speed", "--seconds", str(seconds)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -326,23 +392,26 @@ def write(result: dict, out: str | None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--batch", type=int, default=None, help="images per step (64; --gpu-check: 512)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per round and loop")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds; the median is reported")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 for the session")
     p.add_argument("--quick", action="store_true", help="fewer rounds: about a minute on 2 CPU cores")
     p.add_argument("--gpu-check", action="store_true", help="all GPU measurements and the bf16 correctness check")
-    p.add_argument("--app", action="store_true", help="also train through a launched app (python app.py)")
+    p.add_argument("--app", action="store_true", help="also train through a launched app (with --gpu-check: a room)")
     p.add_argument("--room", action="store_true", help="N sessions stepped round-robin (--sessions, --seconds)")
-    p.add_argument("--sessions", type=int, default=8, help="--room: learners' sessions")
-    p.add_argument("--seconds", type=float, default=20, help="--room: how long to step them")
+    p.add_argument("--sessions", type=int, default=None, help="--room: learners' sessions (8; --gpu-check: 100)")
+    p.add_argument("--seconds", type=float, default=None, help="--room: how long they play (20 s; --gpu-check: 30)")
     p.add_argument("--out", default=None, help="also write the JSON there (a bare name: under assets/bench/)")
     args = p.parse_args(argv)
     if args.gpu_check:
         result = gpu_check(args)
+        slug = "".join(c if c.isalnum() else "_" for c in result["device"].lower()).strip("_")
+        args.out = args.out or f"gpu_check_{slug}.json"
     elif args.room:
-        result = room(args.sessions, args.batch, args.seconds, args.device, args.precision)
+        seconds = args.seconds if args.seconds is not None else 20
+        result = room(args.sessions or 8, args.batch or 64, seconds, args.device, args.precision)
         print(
             f"room of {result['sessions']} on {result['device']} ({result['precision']}), batch {result['batch']}: "
             f"{result['learner_steps_s']} learner-steps/s ({result['img_s']} img/s) over {result['seconds']} s; "
@@ -359,6 +428,7 @@ def main(argv=None):
 def speed_on_this_device(args) -> dict:
     steps = args.steps or (2 if args.quick else 4)
     rounds = args.rounds or (9 if args.quick else 15)
+    args.batch = args.batch or 64
     config = TrainConfig(batch_size=args.batch, device=args.device, precision=args.precision, eval_every=0)
     session = Session(config)
     device = session.device
@@ -388,7 +458,7 @@ def speed_on_this_device(args) -> dict:
         eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
         step_ms = 1000 * args.batch / img_s["engine"]
         headless = args.batch / (step_ms / 1000 + eval_s / TrainConfig.eval_every)
-        extra = app_speed(seconds=20 if args.quick else 60)  # at batch 64, the app's default
+        extra = load_test(["--app-speed", "--seconds", "20" if args.quick else "60"])  # batch 64, the app's default
         extra["headless_with_eval_img_s"] = round(headless, 1)
         extra["app_ratio"] = round(extra["app_img_s"] / headless, 3)
         extra["app_ratio_training_only"] = round(extra["app_img_s"] / img_s["engine"], 3)

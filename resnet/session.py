@@ -7,6 +7,7 @@ MAX_UPDATE_RATIO times its weights, is undone (weights, BN statistics and optimi
 telemetry on or off, so a learner who types lr=1000 loses nothing but that step.
 """
 
+import itertools
 import logging
 import math
 import numbers
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from .data import Dataset, augment, load_dataset, normalize
 from .errors import UserError
+from .graphstep import StaticStep, StepKey
 from .model import ResNet, ResNetConfig, private_rng
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ OPTIMIZERS = ("adam", "sgd")
 # (Adam at lr=1e3 keeps the loss finite thanks to BN, yet replaces every weight); lr 0.1 Adam stays below it.
 # Checked at every step, telemetry on or off.
 MAX_UPDATE_RATIO = 10.0
+STEP_MODES = ("auto", "eager", "graph", "static")
+_serials = itertools.count()  # optimizers' serial numbers: a new optimizer is a new captured step
 
 
 @dataclass
@@ -46,6 +50,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 autocast where the hardware computes bf16 natively, else "fp32"
     telemetry: bool = True  # per-layer gradient/weight/update statistics at each step
     compile: bool = False  # torch.compile the model: faster on CUDA after a minute of warm-up; eager if it fails
+    # "auto": each step one captured CUDA graph on CUDA (graphstep.py), eager elsewhere; "eager"; "graph";
+    # "static": the graph's step run without capture (how a CPU checks it)
+    step_mode: str = "auto"
     history_points: int = 2000  # steps kept; when full, every other one is dropped (older ones grow sparser), never cut
 
 
@@ -77,6 +84,15 @@ def pick_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def pick_step_mode(name: str, device: torch.device, compiled: bool) -> str:
+    """How this session steps: a CUDA graph on CUDA unless the model is compiled (torch.compile makes its own)."""
+    if name not in STEP_MODES:
+        raise ValueError(f"unknown step mode {name!r}; choose from {list(STEP_MODES)}")
+    if name == "auto":
+        return "graph" if device.type == "cuda" and not compiled else "eager"
+    return name
 
 
 def thin(records: list, max_points: int) -> list:
@@ -159,6 +175,9 @@ class Session:
         self.lock = threading.RLock()
         self.device = pick_device(self.config.device)
         self.precision = pick_precision(self.config.precision, self.device)
+        self.step_mode = pick_step_mode(self.config.step_mode, self.device, self.config.compile)
+        self.captures = 0  # static steps made (on CUDA: graphs captured), for the bench and the tests
+        self._static: StaticStep | None = None
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
         self.data = data.to(self.device) if data is not None else load_dataset(self.config.dataset, self.device)
@@ -187,7 +206,7 @@ class Session:
             self.step_count = 0
             self.history = History(self.config.history_points)
             self._make_optimizer()
-            self._undo = Snapshot()  # what train_step restores if its step diverges
+            self._undo = Snapshot()  # what an eager step restores if it diverges
 
     def _make_optimizer(self):
         c = self.config
@@ -197,14 +216,20 @@ class Session:
                 zh=f"未知的优化器 {c.optimizer!r}；可选 {list(OPTIMIZERS)}",
             )
         check_lr(c.lr)
+        self._drop_static()
         params = self.model.parameters()
-        # foreach: one kernel per op for all parameters instead of one per parameter
-        if c.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
+        if self.step_mode == "eager":
+            # foreach: one kernel per op for all parameters instead of one per parameter
+            flavour = {"lr": c.lr, "foreach": True}
         else:
-            self.optimizer = torch.optim.SGD(
-                params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, foreach=True
-            )
+            # a graph reads the lr from a tensor (changed in place, no new capture) and steps on the device alone
+            lr = torch.tensor(c.lr, device=self.device)
+            flavour = {"lr": lr, "fused": True, **({"capturable": True} if c.optimizer == "adam" else {})}
+        if c.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, weight_decay=c.weight_decay, **flavour)
+        else:
+            self.optimizer = torch.optim.SGD(params, momentum=c.momentum, weight_decay=c.weight_decay, **flavour)
+        self.optimizer_serial = next(_serials)
 
     def configure(self, lr: float | None = None, optimizer: str | None = None, batch_size: int | None = None):
         """Change lr, optimizer or batch size between steps; weights and history stay."""
@@ -213,7 +238,10 @@ class Session:
                 check_lr(lr)
                 self.config = replace(self.config, lr=float(lr))
                 for group in self.optimizer.param_groups:
-                    group["lr"] = float(lr)
+                    if torch.is_tensor(group["lr"]):
+                        group["lr"].fill_(float(lr))  # read by the captured step: no new capture
+                    else:
+                        group["lr"] = float(lr)
                 self.history.add_event(self.step_count, "lr", f"lr = {lr:g}")
             if optimizer is not None and optimizer != self.config.optimizer:
                 old = self.config
@@ -263,9 +291,8 @@ class Session:
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
         self.optimizer.step()
-        return logits, loss, grads
+        return logits, loss
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of an epoch-wise random permutation, augmented on the device."""
@@ -292,34 +319,80 @@ class Session:
         state = [t for p in params for t in self.optimizer.state.get(p, {}).values() if torch.is_tensor(t)]
         return [p.detach() for p in params] + list(self.model.buffers()) + state
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """One optimizer step on (x, y). Returns the step's record, or {"rejected": reason} if it was undone."""
-        self._undo.take(self._live_tensors())
+    def _eager_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """An eager step: the undo snapshot, forward, backward, optimizer; its statistics as floats."""
         had_state = bool(self.optimizer.state)
-
+        self._undo.take(self._live_tensors())
         try:
-            logits, loss, grads = self._forward_backward_step(x, y)
+            logits, loss = self._forward_backward_step(x, y)
         except torch.OutOfMemoryError:
             # a batch too big for the accelerator: undo whatever ran (BN statistics), free the step's memory
             self._undo.restore()
+            if not had_state:
+                self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        return self._stats(self._undo.copies[: len(self.weights)], logits, loss, y).cpu().tolist()
 
+    def _stats(self, start: list[torch.Tensor], logits, loss, y) -> torch.Tensor:
+        """A step's statistics in one float32 tensor on the device, so the host waits for it once: loss, accuracy,
+        the largest update/weight ratio, each layer's gradient norm, and with telemetry each layer's weight norm
+        and update ratio (3 + k, or 3 + 3k for k layers). `start`: the tracked weights before the step."""
         # The divergence guard is part of the algorithm: each layer's update/weight ratio is computed at every
-        # step, on the device, and its max decides. Telemetry only decides what else comes back to be recorded.
-        # All of it in one tensor, so the host waits for the device once per step.
-        k = len(self.weights)
-        start = self._undo.copies[:k]  # the weights the step started from
+        # step and its max decides. Telemetry only decides what else comes back to be recorded.
         weight_norms = torch.stack(torch._foreach_norm(start))  # (k,)
         moved = torch._foreach_sub([w.detach() for w in self.weights], start)
         ratios = torch.stack(torch._foreach_norm(moved)) / weight_norms.clamp_min(1e-12)  # (k,)
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights]
         accuracy = (logits.argmax(1) == y).float().mean()
         parts = [torch.stack([loss.detach().float(), accuracy, ratios.max()]), torch.stack(torch._foreach_norm(grads))]
         if self.config.telemetry:
             parts += [weight_norms, ratios]
-        stats = torch.cat([p.float() for p in parts]).cpu().tolist()  # 3 + k floats, + 2k with telemetry
+        return torch.cat([p.float() for p in parts])
+
+    def _static_step(self, x: torch.Tensor) -> StaticStep | None:
+        """The static (on CUDA: captured) step for a batch like x, made when anything it is specific to changed;
+        None where this step must be eager: eager mode, the optimizer's first step (its state does not exist yet
+        to be captured), a failed capture."""
+        if self.step_mode == "eager" or not self.optimizer.state:
+            return None
+        key = StepKey(
+            tuple(x.shape), tuple(self.model.shortcuts), self.optimizer_serial, len(self.optimizer.state),
+            self.config.telemetry,
+        )  # fmt: skip
+        if self._static is None or self._static.key != key:
+            self._drop_static()
+            self._static = StaticStep(self, key, capture=self.step_mode == "graph")
+            self.captures += 1
+        return self._static
+
+    def _drop_static(self) -> None:
+        if self._static is not None:
+            self._static.close()
+            self._static = None
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> dict:
+        """One optimizer step on (x, y). Returns the step's record, or {"rejected": reason} if it was undone.
+        static=False: always eager (a one-off batch, such as the learner's own image, is not worth a capture)."""
+        runner = self._static_step(x) if static else None
+        if runner is not None:
+            try:
+                stats = runner.run(x, y)
+            except torch.OutOfMemoryError:
+                runner.restore()
+                self._drop_static()
+                torch.cuda.empty_cache()
+                raise
+            if runner.failed:  # the capture failed: this step stands; from now on, eager steps
+                log.warning("session %s steps eagerly from now on", id(self))
+                self.step_mode = "eager"
+                self._drop_static()
+            undo, had_state = runner.restore, True
+        else:
+            stats, had_state = self._eager_stats(x, y), bool(self.optimizer.state)
+            undo = self._undo.restore
 
         loss_value, acc, max_ratio = stats[:3]
         reason = None
@@ -328,17 +401,18 @@ class Session:
         elif max_ratio > MAX_UPDATE_RATIO:
             reason = f"an update {max_ratio:.0f}x the size of its layer's weights"
         if reason:
-            self._undo.restore()
+            undo()
             if not had_state:
                 self.optimizer.state.clear()
-            self.optimizer.zero_grad(set_to_none=True)
+            if runner is None:
+                self.optimizer.zero_grad(set_to_none=True)
             return {
                 "rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
                 "weights restored"
             }
 
         self.step_count += 1
-        names = list(self.layers)
+        names, k = list(self.layers), len(self.weights)
         record = {
             "step": self.step_count,
             "loss": loss_value,
@@ -434,7 +508,7 @@ class Session:
         Returns the step's record plus "grads": {layer: the weight gradient this step applied, on the CPU}."""
         with self.lock:
             x = x.to(self.device).contiguous(memory_format=self.memory_format)
-            record = self.train_step(x, y.to(self.device))
+            record = self.train_step(x, y.to(self.device), static=False)
             if "rejected" in record:
                 self.history.add_event(self.step_count, "rejected", record["rejected"])
                 return record
@@ -466,6 +540,7 @@ class Session:
             "depth": self.model_config.depth,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "shortcuts": self.model.shortcuts,
+            "step_mode": self.step_mode,
             "config": asdict(self.config),
         }
 

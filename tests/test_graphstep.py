@@ -1,0 +1,129 @@
+"""The captured step (resnet/graphstep.py): the same training as eager, captured again only when it must be.
+
+On a CPU the step runs its static body without capture ("static"), which checks everything but the capture itself;
+the graph-vs-eager test needs a GPU and is skipped without one.
+"""
+
+import math
+
+import pytest
+import torch
+
+from resnet.model import cifar_config
+from resnet.session import Session, TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def session(mode: str, **changes) -> Session:
+    config = {"batch_size": 16, "eval_every": 0, "precision": "fp32", "step_mode": mode, **changes}
+    return Session(TrainConfig(**config), cifar_config(1, width=8))
+
+
+def state_of(s: Session) -> dict:
+    return {k: v.clone() for k, v in s.model.state_dict().items()}
+
+
+def a_run(s: Session) -> list[dict]:
+    """A learner's clicks: steps, a block's shortcut off, a divergent lr, a new batch size; the reports."""
+    reports = [s.step(3)]
+    s.set_shortcut(False, 2)
+    reports.append(s.step(2))
+    s.configure(lr=1e3)
+    reports.append(s.step(2))
+    s.configure(lr=1e-2 if s.config.optimizer == "sgd" else 1e-3, batch_size=8)
+    reports.append(s.step(3))
+    return reports
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_static_step_trains_as_the_eager_one_does(optimizer):
+    lr = 1e-2 if optimizer == "sgd" else 1e-3
+    eager, static = session("eager", optimizer=optimizer, lr=lr), session("static", optimizer=optimizer, lr=lr)
+    eager_reports, static_reports = a_run(eager), a_run(static)
+    # the same steps taken and rejected (lr 1000: both of its steps), the same losses and gradients (the fused
+    # optimizer the graph needs rounds differently from the eager foreach one: fp32 rounding, no more)
+    assert [r["rejected"] for r in static_reports] == [r["rejected"] for r in eager_reports] == [0, 0, 2, 0]
+    assert [r["step"] for r in static.history.steps] == [r["step"] for r in eager.history.steps]
+    for a, b in zip(eager.history.steps, static.history.steps):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)
+        for name in a["grad_norm"]:
+            assert math.isclose(a["grad_norm"][name], b["grad_norm"][name], rel_tol=1e-2, abs_tol=1e-6)
+    e, s = state_of(eager), state_of(static)
+    assert all(torch.allclose(e[k].float(), s[k].float(), rtol=1e-3, atol=1e-4) for k in e)
+
+
+def test_a_rejected_static_step_restores_weights_statistics_and_optimizer_state():
+    s = session("static")
+    s.step(3)  # the first step is eager (the optimizer has no state to capture yet); then static ones
+    assert s.captures == 1
+    before = state_of(s)
+    moments = {id(p): {k: v.clone() for k, v in st.items()} for p, st in s.optimizer.state.items()}
+    x, y = s.next_batch()
+    x[0, 0, 0, 0] = float("nan")
+    assert "not finite" in s.train_step(x, y)["rejected"]
+    after = state_of(s)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running statistics
+    for p, st in s.optimizer.state.items():
+        assert all(torch.equal(v, moments[id(p)][k]) for k, v in st.items())
+    assert s.step(1)["done"] == 1 and s.step_count == 4
+
+
+def test_what_makes_a_new_capture_and_what_does_not():
+    s = session("static")
+    s.step(3)
+    assert s.captures == 1
+    s.configure(lr=3e-3)  # read from a device tensor: the capture holds
+    s.step(2)
+    assert s.captures == 1 and s.optimizer.param_groups[0]["lr"].item() == pytest.approx(3e-3)
+    s.set_shortcut(False, 1)  # another forward
+    s.step(1)
+    assert s.captures == 2
+    s.set_shortcut(False, 1)  # no change: no new capture
+    s.step(1)
+    assert s.captures == 2
+    s.configure(batch_size=8)  # another shape
+    s.step(1)
+    assert s.captures == 3
+    s.configure(optimizer="sgd")  # another optimizer: its first step is eager, then a capture
+    s.step(2)
+    assert s.captures == 4
+    s.config.telemetry = False  # another stats buffer
+    s.step(1)
+    assert s.captures == 5
+    s.teach(*s.next_batch())  # a one-off batch is stepped eagerly: no capture for it
+    s.step(1)
+    assert s.captures == 5
+
+
+def test_a_capture_that_fails_leaves_eager_steps_and_training_goes_on():
+    # "graph" on a machine without a GPU: the capture fails, as it would on a GPU for any other reason
+    if torch.cuda.is_available():
+        pytest.skip("the capture would succeed here")
+    s, eager = session("graph"), session("eager")
+    report = s.step(4)
+    assert report["done"] == 4 and s.step_mode == "eager" and s.summary()["step_mode"] == "eager"
+    eager.step(4)
+    for a, b in zip(eager.history.steps, s.history.steps):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)
+
+
+def test_eager_everywhere_but_cuda_by_default():
+    s = session("auto")
+    assert s.step_mode == ("graph" if s.device.type == "cuda" else "eager")
+    with pytest.raises(ValueError, match="step mode"):
+        session("fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_captured_step_trains_as_the_eager_one_does_on_a_gpu():
+    runs = {}
+    for mode in ("eager", "graph"):
+        s = Session(TrainConfig(batch_size=64, eval_every=0, step_mode=mode, augment=False, seed=3))
+        a_run(s)
+        runs[mode] = s
+    graph, eager = runs["graph"], runs["eager"]
+    assert graph.step_mode == "graph" and graph._static is not None and graph._static.graph is not None
+    assert [r["step"] for r in graph.history.steps] == [r["step"] for r in eager.history.steps]
+    for a, b in zip(eager.history.steps, graph.history.steps):  # bf16: its rounding, over ten steps
+        assert math.isclose(a["loss"], b["loss"], rel_tol=2e-2)
