@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 # eager runs of a new key's step before it is captured: cuDNN and cuBLAS pick their kernels and workspaces, and the
 # autograd engine its streams, outside the capture (the PyTorch CUDA-graph docs' warm-up). They are real steps.
 WARMUP_STEPS = 2
-_capture_lock = threading.Lock()  # one capture at a time: two threads capturing would interleave their streams
+# One capture at a time, on a stream only captures use. torch.cuda.Stream() hands out streams from a small shared
+# pool, and another learner's work on a stream being captured would be recorded into this graph (or break it).
+# Replays and eager steps run on the default stream, which a capture on a non-blocking stream does not wait for.
+_capture_lock = threading.Lock()
+_capture_streams: dict[int, torch.cuda.Stream] = {}
 
 
 class StepKey(NamedTuple):
@@ -48,7 +52,6 @@ class StaticStep:
         self.graph = None
         self.runs = 0
         self.failed = None  # why the capture failed, if it did: the session then steps eagerly
-        self.stream = torch.cuda.Stream(session.device) if session.device.type == "cuda" else None
 
     def _body(self) -> None:
         """The step itself, as the graph records it: no host sync, no allocation outside the graph's pool."""
@@ -68,18 +71,6 @@ class StaticStep:
         self.stats.copy_(stats)
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        if self.stream is None:
-            return self._run(x, y)
-        # the batch was made on the caller's stream; the step runs on this one (other learners' steps, on their
-        # streams, may overlap it on the card) and the caller's stream waits for it
-        caller = torch.cuda.current_stream(self.session.device)
-        self.stream.wait_stream(caller)
-        with torch.cuda.stream(self.stream):
-            stats = self._run(x, y)
-        caller.wait_stream(self.stream)
-        return stats
-
-    def _run(self, x, y) -> list[float]:
         self.x.copy_(x)
         self.y.copy_(y)
         if self.graph is not None:
@@ -98,10 +89,14 @@ class StaticStep:
     def _capture(self) -> None:
         """Record the body into a CUDA graph (recorded, not run: the next run replays it)."""
         graph = torch.cuda.CUDAGraph()
+        device = self.session.device
         with _capture_lock:
+            stream = _capture_streams.setdefault(device.index or 0, torch.cuda.Stream(device))
+            stream.wait_stream(torch.cuda.current_stream(device))  # the warm-up steps' work comes first
             # thread_local: other learners' threads go on launching their own work while this one captures
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 self._body()
+            torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = graph
 
     def restore(self) -> None:
