@@ -31,7 +31,7 @@ OPTIMIZERS = ("adam", "sgd")
 # Checked at every step, telemetry on or off.
 MAX_UPDATE_RATIO = 10.0
 STEP_MODES = ("auto", "eager", "graph", "static")
-_serials = itertools.count()  # optimizers' serial numbers: a new optimizer is a new captured step
+_serials = itertools.count()  # models' and optimizers' serial numbers, never reused (an id() can be)
 
 
 @dataclass
@@ -197,6 +197,7 @@ class Session:
             with private_rng(self.config.seed):
                 model = ResNet(self.model_config)
             self.model = model.to(self.device, memory_format=self.memory_format)
+            self.model_serial = next(_serials)
             self.forward = torch.compile(self.model) if self.config.compile else self.model
             self.layers = self.model.weighted_layers()
             self.weights = [m.weight for m in self.layers.values()]
@@ -256,6 +257,12 @@ class Session:
                 check_batch_size(batch_size, len(self.data.train_y))
                 self.config = replace(self.config, batch_size=int(batch_size))
                 self.history.add_event(self.step_count, "batch", f"batch size = {batch_size}")
+
+    @property
+    def version(self) -> tuple:
+        """Changes whenever what the model computes may have: a new model, a step, a shortcut switch. What is
+        computed from the model (a prediction's feature maps) can be kept until it does."""
+        return self.model_serial, self.step_count, tuple(self.model.shortcuts)
 
     # --- shortcuts -------------------------------------------------------------------------------------------
     @property

@@ -291,6 +291,14 @@ def test_predict_matches_the_model_in_eval_mode(model):
     assert [out["probs"][c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
+def test_predict_in_bf16_agrees_with_fp32_and_can_skip_the_feature_grids(model):
+    # the session's precision for a prediction that follows training; the grids only where they are shown
+    full = predict(model, RGB, CLASSES, k=10)
+    fast = predict(model, RGB, CLASSES, k=10, features=False, precision="bf16")
+    assert "features" not in fast
+    assert [fast["probs"][c] for c in CLASSES] == pytest.approx([full["probs"][c] for c in CLASSES], abs=0.02)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_predict_restores_the_models_mode(model, training):
     model.train(training)
