@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one run on a lent GPU: every GPU figure and GPU test of the project, written to $OUT (what comes back) as it
+# goes. The device image has torch but not gradio: gradio's wheels travel in .device/wheels and ../shared/tools'
+# probes in .device/tools (README, "Measuring on a GPU", says how to fill them). Budget: under 8 minutes.
+#   PROBES=1 also runs the two probes (about 2 more minutes); GPU_CHECK_ARGS adds arguments to the bench (a dry run
+#   on a CPU: GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1 --sessions 2 --seconds 2").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-assets/bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+pip install -q --no-index --no-deps .device/wheels/*.whl 2>&1 | grep -v "^WARNING: Running pip as" | tail -3
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_card.txt"
+python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gradio.__version__)" | tee -a "$OUT/gpu_card.txt"
+
+# the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~1 minute
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
+  tests/test_pool.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+
+# every figure: batch 512 loops, one learner at batch 64, rooms of 100 (captured, eager), the app with 100 learners
+# shellcheck disable=SC2086 -- GPU_CHECK_ARGS is a list of arguments
+timeout 480 python -m resnet.bench --gpu-check --app ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
+  tee "$OUT/gpu_check.txt"
+
+if [ "${PROBES:-0}" = 1 ]; then
+  # the probes import the session module by its old name, resnet.engine: alias it, don't copy them
+  for probe in gpu_room_probe gpu_step_probe; do
+    timeout 120 python -c "import runpy, sys, resnet.session as s; sys.modules['resnet.engine'] = s;
+runpy.run_path('.device/tools/$probe.py', run_name='__main__')" 2>&1 | tail -20 | tee "$OUT/$probe.txt"
+  done
+fi
