@@ -331,14 +331,41 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
 }
 
 # A chart that persists across updates: plotly.js draws into a fixed div and `Plotly.react` updates it in place,
-# so zoom and hover survive (a gr.Plot output re-creates its chart on every streamed update).
-CHART_JS = """
+# so zoom and hover survive (a gr.Plot output re-creates its chart on every streamed update). Its value is a
+# charts.FigureStream text (a figure's JSON, then a patch per line) or a figure: a text that extends the last one
+# is applied from where that one ended, anything else is read from its first line.
+CHART_JS = r"""
 const div = element.querySelector('.live-chart');
+let text = null, fig = null, revision = 0;
+function edit(array, e) {
+  if (Array.isArray(e[0])) return e.forEach((row, i) => edit(array[i], row));
+  array.length = e[0];
+  for (const v of e[1]) array.push(v);
+}
+function apply(line) {
+  const patch = JSON.parse(line);
+  for (const [i, trace] of Object.entries(patch.traces || {})) fig.data[i] = trace;
+  for (const [i, arrays] of Object.entries(patch.arrays || {}))
+    for (const [key, e] of Object.entries(arrays)) edit(fig.data[i][key], e);
+  if ('layout' in patch) fig.layout = patch.layout;
+}
 function render() {
-  let fig = props.value;
-  if (!fig) return;
-  if (typeof fig === 'string') fig = JSON.parse(fig);
-  Plotly.react(div, fig.data, fig.layout || {}, {responsive: true, displaylogo: false});
+  if (!props.value) return;  // no figure yet: gradio's empty value is ''
+  const value = typeof props.value === 'string' ? props.value : JSON.stringify(props.value);
+  if (value === text) return;
+  if (text !== null && value.startsWith(text) && value[text.length] === '\n') {
+    value.slice(text.length + 1).split('\n').forEach(apply);
+  } else {
+    const [base, ...patches] = value.split('\n');
+    fig = JSON.parse(base);
+    patches.forEach(apply);
+  }
+  text = value;
+  // arrays changed in place: a new datarevision makes Plotly.react redraw them. Plotly gets copies of the
+  // traces and layout, so its own writes (zoom, legend clicks) stay out of the decoded figure; uirevision
+  // carries them over as before.
+  const layout = {...structuredClone(fig.layout || {}), datarevision: ++revision};
+  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false});
 }
 render();
 watch('value', render);
@@ -519,6 +546,24 @@ def prediction(session: Session, x) -> dict | None:
 def view(session: Session, x=None, report=None) -> list:
     """Everything a training event updates: four charts, the status line, the prediction, the switch readout."""
     return [*chart_values(session), status_text(session, report), prediction(session, x), switch_readout(session)]
+
+
+VIEW_CHARTS = (0, 1, 2, 3, 6)  # the outputs of `view` that are charts
+
+
+class ChartStreams:
+    """A streaming handler's chart outputs, each through a FigureStream of its own, made when the handler starts:
+    gradio then sends each update's new points, not every point again. The run's last update shows the figures
+    themselves, so the final value a client gets is a figure, as from an event that does not stream."""
+
+    def __init__(self, *positions: int):
+        self.streams = {i: charts.FigureStream() for i in positions}
+
+    def __call__(self, values: list, end) -> list:
+        """`values` with each chart's figure as its stream's text; unchanged if `end` (the report's "end")."""
+        if end:
+            return values
+        return [self.streams[i].update(v) if i in self.streams else v for i, v in enumerate(values)]
 
 
 def switch_readout(session: Session, k: int = 20) -> dict:
@@ -718,19 +763,20 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     n = int(n or 0)
     if not 1 <= n <= 10_000:
         raise refuse("bad_n")
-    messages = []
+    messages, streams = [], ChartStreams(*VIEW_CHARTS)
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
         progress((report["total"], n), desc="training", unit="steps")
         messages += report["messages"]
-        yield view(session, last_x, {**report, "messages": messages})
+        yield streams(view(session, last_x, {**report, "messages": messages}), report["end"])
 
 
 @user_errors
 def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
+    streams = ChartStreams(*VIEW_CHARTS)
     for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
-        yield view(session, last_x, report)
+        yield streams(view(session, last_x, report), report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 
@@ -981,13 +1027,14 @@ def guided_run(experiment_id, request: gr.Request):
     run = guided.GuidedRun(experiment_id, fast=GUIDED_FAST)
     POOL.get(key, make=lambda: run.session)  # a seat (the room may be full), then this run's network in it
     POOL.replace(key, run.session)
-    for _ in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
+    streams = ChartStreams(0, 1)
+    for _, report in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
         p = run.progress()
         line = say("guided_progress", steps=p["steps"], total=p["total"], phase=p["phase"], phases=p["phases"])
         if run.done:
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
-        yield [*guided_figures(run.experiment, run.history(), run.records), line]
+        yield streams([*guided_figures(run.experiment, run.history(), run.records), line], report["end"])
 
 
 @user_errors
@@ -1069,9 +1116,9 @@ def twin_reset(architecture, seed, request: gr.Request):
 @user_errors
 def twin_play(n, request: gr.Request):
     """n twin steps (0: Play until Pause), streamed as the charts' updates."""
-    n = int(n or 0)
+    n, streams = int(n or 0), ChartStreams(0, 1, 2, 3)
     for twins, report in POOL.train(twin_key(request), steps=n or None, seconds=PLAY_SECONDS, make=new_twins):
-        yield twin_view(twins, report)
+        yield streams(twin_view(twins, report), report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 

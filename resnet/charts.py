@@ -1,10 +1,14 @@
-"""Plotly figures, as plain JSON-ready dicts, from a session's history.
+"""Plotly figures, as plain JSON-ready dicts, from a session's history, and the text that streams them.
 
 Dicts rather than `go.Figure`s because the app streams them a few times a second to a chart that calls
-`Plotly.react`: building a dict is cheap and what is sent stays bounded (`max_points` per series, however long
-the run). Layers are coloured by depth (dark = near the input), so vanishing gradients read as a colour order.
+`Plotly.react`: building a dict is cheap. A streamed chart keeps at most `max_points` per series, however long the
+run, picked on a grid of step numbers (`thin_on_grid`), so consecutive figures share their arrays' prefixes; a
+`FigureStream` turns them into a text that only grows by what changed, so what gradio sends per update (its diff
+of two values) is the new points, not every point again. Layers are coloured by depth (dark = near the input), so
+vanishing gradients read as a colour order.
 """
 
+import json
 import math
 import re
 
@@ -23,11 +27,31 @@ TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
 
 def thin(records: list[dict], max_points: int) -> list[dict]:
-    """At most max_points records, evenly spaced, always ending with the newest: session.thin, the one way to thin
-    (a History thins itself with it too)."""
+    """At most max_points records, evenly spaced, always ending with the newest: session.thin, as a History thins
+    itself. For a chart drawn once; a streamed one thins with `thin_on_grid`, whose picks stay put as the run grows."""
     from .session import thin as thin_records
 
     return thin_records(records, max_points)
+
+
+def thin_on_grid(records: list[dict], max_points: int) -> list[dict]:
+    """At most max_points records (each with an int "step"): the first of each run of `stride` step numbers, the
+    stride the smallest power of 2 that fits the records' span, and the newest. Unlike `thin`'s, a kept record
+    stays kept as the run grows (until the stride doubles, a few times a run), so a streamed chart's consecutive
+    figures share their arrays' prefixes and a FigureStream sends only the new points."""
+    if len(records) < 2:
+        return list(records)
+    first, last, stride = records[0]["step"], records[-1]["step"], 1
+    while last // stride - first // stride + 1 > max(1, max_points - 1):  # one point left for the newest
+        stride *= 2
+    kept, run = [], None
+    for r in records:  # the first of each run, not multiples of stride: a thinned History may hold odd steps only
+        if r["step"] // stride != run:
+            kept.append(r)
+            run = r["step"] // stride
+    if kept[-1] is not records[-1]:
+        kept.append(records[-1])
+    return kept
 
 
 def layer_colours(names: list[str]) -> dict[str, str]:
@@ -119,7 +143,7 @@ def _curves(history, field: str, train_name: str, max_points: int) -> list[dict]
     """Training (per batch) and held-out lines of one field; twins are coloured by net, held-out with markers."""
     data = []
     for label, h in _runs(history).items():
-        steps, evals = thin(h.steps, max_points), thin(h.evals, max_points)
+        steps, evals = thin_on_grid(h.steps, max_points), thin_on_grid(h.evals, max_points)
         name = f" ({label})" if label else ""
         train_colour, held_colour = (TWIN_COLOURS[label],) * 2 if label in TWIN_COLOURS else ("#1f77b4", "#ff7f0e")
         data.append(
@@ -175,7 +199,7 @@ def grad_norm_figure(history, revision=0, max_points: int = 200) -> dict:
     """One line per conv/linear layer: the L2 norm of its weight gradient over steps, log scale."""
     data, names = [], []
     for label, h in _runs(history).items():
-        steps = thin(h.steps, max_points)
+        steps = thin_on_grid(h.steps, max_points)
         names = list(steps[-1]["grad_norm"]) if steps else []
         colours = layer_colours(names)
         for name in names:
@@ -208,7 +232,7 @@ def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
     """Layers (input at the bottom) x steps, coloured by log10 of the gradient norm."""
     runs = _runs(history)
     label, h = next(iter(runs.items()))
-    steps = thin(h.steps, max_points)
+    steps = thin_on_grid(h.steps, max_points)
     names = list(steps[-1]["grad_norm"]) if steps else []
     z = [[math.log10(r["grad_norm"][n]) if r["grad_norm"][n] > 0 else None for r in steps] for n in names]
     data = [
@@ -241,6 +265,127 @@ def live_figures(history, revision=0) -> dict:
         "grad_norm": grad_norm_figure(history, revision),
         "grad_heatmap": grad_heatmap_figure(history, revision),
     }
+
+
+STREAM_GROWTH = 4  # a stream's text may grow to this many times its base before a new base replaces it
+STREAM_MAX = 256_000  # characters of one stream's text at most (per chart; server and browser hold it)
+
+
+class FigureStream:
+    """One streamed chart's value as a text that only grows while it can: gradio's diff of two consecutive values
+    is then an append of the new line (it checks `new.startswith(old)`, at C speed), not a Python walk over every
+    point of two figures that sends more than the whole figure when thinning shifts the points.
+
+    Line 0 is a base figure's JSON; each later line a JSON patch against the figure so far,
+    {"arrays": {trace: {property: edit}}, "traces": {trace: whole trace}, "layout": layout}, with trace indexes
+    as keys and each part only when it has something: an array property's edit [keep, tail] keeps its first
+    `keep` elements and appends `tail`; a table (a heatmap's z) whose row count is unchanged gets a list of
+    edits, one per row. A trace whose other properties changed comes whole. A new base, a text that does not
+    extend the last (gradio sends it whole, once), comes when the trace count changes or the text would pass
+    STREAM_GROWTH times its base or STREAM_MAX, so a long Play's text, held by server and browser, stays bounded.
+    A text of one line is a whole figure's JSON: a reader takes line 0 as the figure and applies the rest, so it
+    reads a plain figure too (app.py's CHART_JS is that reader). Figures are {"data": [...], "layout": {...}}, not
+    changed once passed."""
+
+    def __init__(self):
+        self.text = ""
+        self.figure: dict | None = None  # what self.text decodes to
+        self.limit = 0
+
+    def update(self, figure: dict) -> str:
+        """The value that shows `figure`: the last text plus a patch line while it fits, else a new base."""
+        patch = _patch(self.figure, figure) if self.figure is not None else None
+        line = _json(patch) if patch else ""  # "": nothing changed, the same text, which gradio sends as no edit
+        if patch is None or (line and len(self.text) + 1 + len(line) > self.limit):
+            self.text = _json(figure)
+            self.limit = min(STREAM_MAX, STREAM_GROWTH * len(self.text))
+        elif line:
+            self.text += "\n" + line
+        self.figure = figure
+        return self.text
+
+
+def _patch(old: dict, new: dict) -> dict | None:
+    """FigureStream's patch that turns figure `old` into `new` ({} if they are equal); None if it can't (the trace
+    count changed)."""
+    if len(old["data"]) != len(new["data"]):
+        return None
+    arrays, traces = {}, {}
+    for i, (a, b) in enumerate(zip(old["data"], new["data"])):
+        edits = _trace_edits(a, b)
+        if edits is None:
+            traces[str(i)] = b
+        elif edits:
+            arrays[str(i)] = edits
+    patch = {}
+    if arrays:
+        patch["arrays"] = arrays
+    if traces:
+        patch["traces"] = traces
+    if new["layout"] != old["layout"]:
+        patch["layout"] = new["layout"]
+    return patch
+
+
+def _trace_edits(old: dict, new: dict) -> dict | None:
+    """{property: edit} for each changed array property of a trace; None if anything else changed."""
+    if old.keys() != new.keys():
+        return None
+    edits = {}
+    for key, value in new.items():
+        if value == old[key]:
+            continue
+        if not (isinstance(value, list) and isinstance(old[key], list)):
+            return None
+        edits[key] = _edit(old[key], value)
+    return edits
+
+
+def _edit(old: list, new: list) -> list:
+    """[keep, tail] that turns array `old` into `new`; for a table whose row count is unchanged, one per row."""
+    if old and len(old) == len(new) and all(isinstance(r, list) for r in old) and all(isinstance(r, list) for r in new):
+        return [_edit(a, b) for a, b in zip(old, new)]
+    keep = _common_prefix(old, new)
+    return [keep, new[keep:]]
+
+
+def _common_prefix(old: list, new: list) -> int:
+    """How many leading elements `old` and `new` share. A streamed chart's arrays were appended to (all shared) or
+    also lost their newest point (all but one): two slice comparisons, at C speed; else a binary search, since
+    equal prefixes of a length mean equal prefixes of every shorter length."""
+    n = min(len(old), len(new))
+    if old[:n] == new[:n]:
+        return n
+    if n and old[: n - 1] == new[: n - 1]:
+        return n - 1
+    same, differ = 0, n - 1  # old[:same] == new[:same], old[:differ] != new[:differ]
+    while differ - same > 1:
+        mid = (same + differ) // 2
+        if old[:mid] == new[:mid]:
+            same = mid
+        else:
+            differ = mid
+    return same
+
+
+def _json(value) -> str:
+    """Compact JSON. A non-finite float (an evaluation gone bad) becomes null, as gradio's orjson writes it: NaN
+    or Infinity in the text would stop the browser's JSON.parse, and the chart with it."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _finite(node):
+    """`node` with each non-finite float as None."""
+    if isinstance(node, float):
+        return node if math.isfinite(node) else None
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_finite(v) for v in node]
+    return node
 
 
 def gradient_tensor_figure(grads: dict, layer: str, titles=("shortcut on", "shortcut off")) -> dict:
@@ -355,7 +500,7 @@ def depth_figure(twin_histories: dict, revision=0, window: int = 1) -> dict:
 def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict:
     """Per block, the gradient reaching its input through the shortcut (solid) and through the residual
     branch (dashed) over steps, log scale; `routes` as TwinSession.routes: [{"step", "blocks": [...]}]."""
-    routes = thin(routes, max_points)
+    routes = thin_on_grid(routes, max_points)
     blocks = sorted({b["block"] for r in routes for b in r["blocks"]})
     colours = layer_colours([str(b) for b in blocks])
     data = []
