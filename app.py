@@ -533,14 +533,17 @@ def translated(figure: dict) -> dict:
     return charts.translate(figure, LANG.get())
 
 
-def predicted(session: Session, x: torch.Tensor) -> dict:
-    """The network as it is now, on the learner's image: top five classes and what each block sees."""
-    with session.lock:
-        return inference.predict(session.model, x, session.data.classes, k=5)
+PREDICTIONS = inference.Predictions()  # recent predictions with their feature maps, per model version and image
 
 
 def prediction(session: Session, x) -> dict | None:
-    return None if x is None else dict(predicted(session, x)["top"])
+    """The network's top five classes on the learner's image as it is now: the label beside the charts (no feature
+    maps: they are only shown on the Predict tab)."""
+    if x is None:
+        return None
+    with session.lock:
+        top = inference.predict(session.model, x, session.data.classes, 5, features=False, precision=session.precision)
+    return dict(top["top"])
 
 
 def view(session: Session, x=None, report=None) -> list:
@@ -812,9 +815,8 @@ def predict(value, request: gr.Request):
         return None, None, [], None
     session = own_or_shared(request)
     x = inference.to_tensor(value, channels=session.model_config.in_channels)
-    result = predicted(session, x)
-    gallery = [(grid, name) for name, grid in result["features"].items()]
-    return x, dict(result["top"]), gallery, picture(x)
+    result = PREDICTIONS.predict(session, x)
+    return x, dict(result["top"]), result["features"], picture(x)
 
 
 def picture(x: torch.Tensor) -> np.ndarray:
@@ -910,7 +912,7 @@ def classify_image(image_base64: str) -> dict[str, float]:
     if len(data) > zipdata.MAX_UPLOAD_MB * zipdata.MB:
         raise refuse("too_big", mb=zipdata.MAX_UPLOAD_MB)
     session = visitor()  # the shared shipped model: read, never trained
-    return dict(predicted(session, inference.to_tensor(data))["top"])
+    return prediction(session, inference.to_tensor(data))
 
 
 @user_errors

@@ -1,14 +1,21 @@
 """Any image a user gives (an upload in an odd mode or size, a file, a Sketchpad drawing) -> the (1, C, 32, 32)
 tensor the net was trained on, normalised by data.normalize: to_square is also how zips and Hub sets become
 training images.
-predict() adds the top classes and a picture of what each block hands on. Every problem with the image is an
-ImageError whose message the app can show as is.
+predict() adds the top classes and a picture of what each block hands on; Predictions keeps recent ones, with
+those pictures as files, while the model stays as it was. Every problem with the image is an ImageError whose
+message the app can show as is.
 """
 
+import hashlib
 import io
 import math
 import os
 import re
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,6 +112,51 @@ def feature_grid(fmap: torch.Tensor, n: int = 16, tile: int = 48) -> np.ndarray:
         r, c = divmod(i, cols)
         grid[r * th : r * th + h * s, c * tw : c * tw + w * s] = t
     return grid
+
+
+class Predictions:
+    """The latest `size` predictions, each with its feature grids as PNG files, by (the session's model version, the
+    image). A room predicting the same example images with the same model (every visitor, on the shipped one) gets
+    them without the forward pass, the grids or the encoding: on 2 vCPUs (AMX) those cost ~15-40 ms, much of it the
+    grids and their PNGs, against ~1 ms for a gallery of files. A step, a reset or a shortcut switch changes the
+    version, so a prediction is never older than the model it shows."""
+
+    def __init__(self, size: int = 256, folder: Path | None = None):
+        self.size = size  # predictions kept; the oldest one's files are deleted when a new one comes
+        self.folder = folder
+        self._kept: OrderedDict[tuple, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def predict(self, session, x: torch.Tensor, k: int = 5) -> dict:
+        """{"top": [(class, prob)] * k, "features": [(png path, block name)]} of `session`'s model as it is now."""
+        digest = hashlib.blake2b(x.detach().cpu().float().numpy().tobytes(), digest_size=16).hexdigest()
+        with session.lock:  # the version and the prediction belong together: no step comes between them
+            key = (session.version, digest, k)
+            with self._lock:
+                if key in self._kept:
+                    self._kept.move_to_end(key)
+                    return self._kept[key]
+            result = predict(session.model, x, session.data.classes, k=k, precision=session.precision)
+        files = [(self._png(grid), name) for name, grid in result["features"].items()]
+        kept = {"top": result["top"], "features": files}
+        with self._lock:
+            if key in self._kept:  # another thread made the same one meanwhile: keep one set of files
+                for path, _ in files:
+                    Path(path).unlink(missing_ok=True)
+                return self._kept[key]
+            self._kept[key] = kept
+            while len(self._kept) > self.size:
+                for path, _ in self._kept.popitem(last=False)[1]["features"]:
+                    Path(path).unlink(missing_ok=True)  # the web server has copied it to its own cache
+        return kept
+
+    def _png(self, grid: np.ndarray) -> str:
+        with self._lock:
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="playground-features-"))
+        path = self.folder / f"{uuid.uuid4().hex}.png"
+        Image.fromarray(grid).save(path, compress_level=1)  # fast: ~3 ms a grid, for files of ~20-70 kB
+        return str(path)
 
 
 # --- reading whatever arrives --------------------------------------------------------------------------------------

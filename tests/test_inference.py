@@ -1,6 +1,7 @@
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from PIL import Image, ImageDraw
 from resnet import inference
 from resnet.data import normalize
 from resnet.errors import UserError
-from resnet.inference import ImageError, feature_grid, predict, to_image, to_tensor
+from resnet.inference import ImageError, Predictions, feature_grid, predict, to_image, to_tensor
 from resnet.model import ResNet
+from resnet.session import Session, TrainConfig
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -321,3 +323,25 @@ def test_big_jpeg_is_fast():
     photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
     x = to_tensor(encode(photo, "JPEG", quality=50))
     assert x.shape == (1, 3, 32, 32)
+
+
+def test_predictions_are_kept_until_the_model_changes(tmp_path):
+    session = Session(TrainConfig(batch_size=8, eval_every=0, precision="fp32"))
+    forwards = []
+    session.model.stem.register_forward_hook(lambda *_: forwards.append(1))
+    kept = Predictions(size=2, folder=tmp_path)
+    x = to_tensor(RGB)
+    first = kept.predict(session, x)
+    assert [name for _, name in first["features"]] == ["stem", "block1", "block2", "block3"]
+    assert all(Image.open(path).size[0] >= 48 for path, _ in first["features"])  # real pictures, on disk
+    assert kept.predict(session, x) is first and len(forwards) == 1  # the same image, the same model: no forward
+    session.set_shortcut(False, 2)  # the model computes something else now
+    assert kept.predict(session, x) is not first and len(forwards) == 2
+    session.step(1)  # and after a step
+    before = len(forwards)
+    third = kept.predict(session, x)
+    assert len(forwards) == before + 1 and third is not first
+    # two kept: the oldest's files are gone, the others' are there
+    assert not any(Path(p).exists() for p, _ in first["features"])
+    assert all(Path(p).exists() for p, _ in third["features"])
+    assert len(list(tmp_path.iterdir())) == 8
