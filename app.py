@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import torch
 
 from resnet import charts, checkpoint, guided, inference, runlog, zipdata
-from resnet.data import DATASETS, MEAN, STD
+from resnet.data import DATASETS
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
 from resnet.model import architecture as architecture_config
@@ -816,13 +816,7 @@ def predict(value, request: gr.Request):
     session = own_or_shared(request)
     x = inference.to_tensor(value, channels=session.model_config.in_channels)
     result = PREDICTIONS.predict(session, x)
-    return x, dict(result["top"]), result["features"], picture(x)
-
-
-def picture(x: torch.Tensor) -> np.ndarray:
-    """The network's (1, C, 32, 32) input as the (32, 32, 3) uint8 picture it is, for the Teach tab's preview."""
-    pixels = (x[0] * STD + MEAN).clamp(0, 1).mul(255).round().byte().expand(3, -1, -1)  # (3, 32, 32)
-    return pixels.permute(1, 2, 0).numpy()
+    return x, dict(result["top"]), result["features"], result["picture"]
 
 
 def judged_by_us(component: gr.Image) -> gr.Image:

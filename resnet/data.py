@@ -27,6 +27,11 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     return (images_uint8.float() / 255 - MEAN) / STD
 
 
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """normalize's inverse: (B, C, H, W) float -> uint8 pixels."""
+    return (x * STD + MEAN).clamp(0, 1).mul(255).round().byte()
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: compare by identity; == on tensors has no single truth value
 class Dataset:
     name: str  # registry name, shown in the UI

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from .data import normalize
+from .data import denormalize, normalize
 from .errors import UserError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 1 kB PNG can claim to be 30000x30000 (a decompression bomb)
@@ -128,7 +128,10 @@ class Predictions:
         self._lock = threading.Lock()
 
     def predict(self, session, x: torch.Tensor, k: int = 5) -> dict:
-        """{"top": [(class, prob)] * k, "features": [(png path, block name)]} of `session`'s model as it is now."""
+        """{"top": [(class, prob)] * k, "features": [(png path, block name)], "picture": png path} of `session`'s
+        model as it is now; the picture is x as the net sees it, 32x32. Files of our own, never rewritten: the web
+        server copies them into its cache atomically, where two learners' identical arrays saved by gradio at
+        the same moment would be written over one another while being read."""
         digest = hashlib.blake2b(x.detach().cpu().float().numpy().tobytes(), digest_size=16).hexdigest()
         with session.lock:  # the version and the prediction belong together: no step comes between them
             key = (session.version, digest, k)
@@ -138,17 +141,22 @@ class Predictions:
                     return self._kept[key]
             result = predict(session.model, x, session.data.classes, k=k, precision=session.precision)
         files = [(self._png(grid), name) for name, grid in result["features"].items()]
-        kept = {"top": result["top"], "features": files}
+        pixels = denormalize(x[0].cpu()).expand(3, -1, -1).permute(1, 2, 0).numpy()  # (32, 32, 3), grey as RGB
+        kept = {"top": result["top"], "features": files, "picture": self._png(pixels)}
         with self._lock:
             if key in self._kept:  # another thread made the same one meanwhile: keep one set of files
-                for path, _ in files:
+                for path in self._files(kept):
                     Path(path).unlink(missing_ok=True)
                 return self._kept[key]
             self._kept[key] = kept
             while len(self._kept) > self.size:
-                for path, _ in self._kept.popitem(last=False)[1]["features"]:
+                for path in self._files(self._kept.popitem(last=False)[1]):
                     Path(path).unlink(missing_ok=True)  # the web server has copied it to its own cache
         return kept
+
+    @staticmethod
+    def _files(kept: dict) -> list[str]:
+        return [path for path, _ in kept["features"]] + [kept["picture"]]
 
     def _png(self, grid: np.ndarray) -> str:
         with self._lock:

@@ -344,4 +344,5 @@ def test_predictions_are_kept_until_the_model_changes(tmp_path):
     # two kept: the oldest's files are gone, the others' are there
     assert not any(Path(p).exists() for p, _ in first["features"])
     assert all(Path(p).exists() for p, _ in third["features"])
-    assert len(list(tmp_path.iterdir())) == 8
+    assert len(list(tmp_path.iterdir())) == 10  # two predictions: four grids and the picture each
+    assert np.array(Image.open(third["picture"])).shape == (32, 32, 3)
