@@ -277,10 +277,10 @@ def gpu_check(args) -> dict:
     }
     if args.app:
         try:
-            result["app_room"] = load_test(["--sessions", str(learners), "--seconds", str(2 * seconds)])
+            run = ["--sessions", str(learners), "--seconds", str(2 * seconds), "--timeout", "30", "--deadline", "300"]
+            result["app_room"] = load_test(run)
         except Exception as e:  # noqa: BLE001 -- the headless figures above stand without it: keep them, say why
-            said = getattr(e, "stderr", None) or ""  # a failed load test's own words
-            result["app_room"] = {"error": f"{type(e).__name__}: {e}\n{said}"[-2000:]}
+            result["app_room"] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
         print(f"through the app, {learners} learners: {json.dumps(result['app_room'])}", flush=True)
     return result
 
@@ -365,7 +365,7 @@ def room(
         "learner_steps": sum(steps),
         "learner_steps_s": round(sum(steps) / elapsed, 2),
         "img_s": round(sum(steps) * batch / elapsed, 1),
-        "wait_p50_ms": statistics.median(p50),  # the typical learner's typical wait
+        "wait_p50_ms": round(statistics.median(p50), 1),  # the typical learner's typical wait
         "wait_p95_ms": max(p95),  # the unluckiest learner's slow turns
         "session_steps": steps,
         "session_wait_p50_ms": p50,
@@ -375,13 +375,21 @@ def room(
 
 def load_test(argv: list[str]) -> dict:
     """The app-driven figures, measured by tests/load_test.py in its own process (the package never talks HTTP):
-    its last line of output, a JSON object."""
+    its progress lines echoed as they come, and its last line, a JSON object, returned. Raises with the load test's
+    own error if it failed."""
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parent.parent / "tests" / "load_test.py"
-    out = subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    with subprocess.Popen([sys.executable, "-u", str(script), *argv], stdout=subprocess.PIPE, text=True) as run:
+        lines = []
+        for line in run.stdout:
+            print(f"  load test: {line}", end="", flush=True)
+            lines.append(line)
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": "no JSON line"}
+    if run.returncode or "error" in result:
+        raise RuntimeError(f"tests/load_test.py {' '.join(argv)} failed ({run.returncode}): {result.get('error')}")
+    return result
 
 
 def write(result: dict, out: str | None):
@@ -461,7 +469,7 @@ def speed_on_this_device(args) -> dict:
         eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
         step_ms = 1000 * args.batch / img_s["engine"]
         headless = args.batch / (step_ms / 1000 + eval_s / TrainConfig.eval_every)
-        extra = load_test(["--app-speed", "--seconds", "20" if args.quick else "60"])  # batch 64, the app's default
+        extra = load_test(["--app-speed", "--seconds", "20" if args.quick else "60", "--deadline", "240"])  # batch 64
         extra["headless_with_eval_img_s"] = round(headless, 1)
         extra["app_ratio"] = round(extra["app_img_s"] / headless, 3)
         extra["app_ratio_training_only"] = round(extra["app_img_s"] / img_s["engine"], 3)
