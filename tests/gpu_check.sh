@@ -2,6 +2,14 @@
 # The one run on a lent GPU: every GPU figure and GPU test of the project, written to $OUT (what comes back) as it
 # goes. The device image has torch but not gradio: gradio's wheels travel in .device/wheels and ../shared/tools'
 # probes in .device/tools (README, "Measuring on a GPU", says how to fill them). Budget: under 8 minutes.
+# Filling .device/wheels (here, with the package registries; the device has no network), for the image's Python 3.12:
+#   pip download -d .device/wheels --no-deps --only-binary=:all: --python-version 3.12 --platform any \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+#     gradio==6.31.0 gradio-client==2.7.2 fastapi starlette "pydantic==2.12.5" "pydantic-core==2.41.5" annotated-types \
+#     typing-inspection opentelemetry-api uvicorn orjson brotli python-multipart safehttpx semantic-version tomlkit \
+#     groovy hf-gradio pydub pytz typing-extensions plotly narwhals safetensors       # about 46 MB
+#   mkdir -p .device/tools && cp ../shared/tools/*.py .device/tools/ && echo /.device/ >> .git/info/exclude
+# then the device tool's run: command "bash tests/gpu_check.sh", carry [".device"], timeout 600.
 #   PROBES=1 also runs the two probes (about 2 more minutes); GPU_CHECK_ARGS adds arguments to the bench (a dry run
 #   on a CPU: GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1 --sessions 2 --seconds 2").
 set -uo pipefail
