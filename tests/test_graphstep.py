@@ -5,6 +5,10 @@ the graph-vs-eager test needs a GPU and is skipped without one.
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +117,20 @@ def test_eager_everywhere_but_cuda_by_default():
     assert s.step_mode == ("graph" if s.device.type == "cuda" else "eager")
     with pytest.raises(ValueError, match="step mode"):
         session("fast")
+
+
+def test_every_promise_of_a_session_and_its_twins_holds_on_the_static_step():
+    # their whole test files again, every session stepping through the graph's body instead of eagerly: undo of
+    # divergent and out-of-memory steps, telemetry, evaluation, teach, mixing in, same seed same run, the twins
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    files = ["tests/test_session.py", "tests/test_twin.py"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "static_step_plugin", *files],
+        cwd=tests.parent, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
