@@ -24,7 +24,7 @@ import plotly
 import plotly.graph_objects as go
 import torch
 
-from resnet import charts, checkpoint, guided, inference, runlog, zipdata
+from resnet import charts, checkpoint, graphstep, guided, inference, runlog, zipdata
 from resnet.data import DATASETS
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
@@ -442,7 +442,7 @@ def user_errors(fn):
         if isinstance(e, UserError):  # bad image, setting, dataset or checkpoint; a full room
             return gr.Error(e.text(LANG.get()))
         if isinstance(e, torch.OutOfMemoryError):
-            torch.cuda.empty_cache()  # release what the failed step held; the session's weights are untouched
+            graphstep.empty_cache()  # release what the failed step held; the session's weights are untouched
             return gr.Error(say("oom"))
         request_id = uuid.uuid4().hex[:8]
         log.exception("request %s: handler %s failed", request_id, fn.__name__)

@@ -9,7 +9,9 @@ when the key changes; the lr lives in a device tensor the graph reads, so an lr 
 """
 
 import logging
+import os
 import threading
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -20,11 +22,23 @@ log = logging.getLogger(__name__)
 # eager runs of a new key's step before it is captured: cuDNN and cuBLAS pick their kernels and workspaces, and the
 # autograd engine its streams, outside the capture (the PyTorch CUDA-graph docs' warm-up). They are real steps.
 WARMUP_STEPS = 2
-# One capture at a time, on a stream only captures use. torch.cuda.Stream() hands out streams from a small shared
+# A graph keeps the memory of its largest step for as long as it lives: above this batch a step is GPU-bound anyway
+# (launches are a small part of it), so it stays eager and its memory goes back to the shared cache after each step.
+MAX_CAPTURED_BATCH = 512
+# One capture at a time, on a stream only captures use: torch.cuda.Stream() hands out streams from a small shared
 # pool, and another learner's work on a stream being captured would be recorded into this graph (or break it).
 # Replays and eager steps run on the default stream, which a capture on a non-blocking stream does not wait for.
+# The lock also covers what must not run during another thread's capture: freeing a graph, emptying the cache.
 _capture_lock = threading.Lock()
 _capture_streams: dict[int, torch.cuda.Stream] = {}
+_broken: str | None = None  # a capture failed: torch may think one is still under way, so no more are made
+# cuBLAS keeps one workspace per stream; made during the first capture on the capture stream, it would live in that
+# graph's memory and every later graph would use it too, and freeing that graph frees it under them (pytorch issue
+# 193402). Without a workspace there is nothing to share: only the final linear layer's small GEMM uses cuBLAS here.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+os.environ.setdefault("CUBLASLT_WORKSPACE_SIZE", "0")
+# capturable Adam says, once per optimizer, that its eager (warm-up, first) steps are slower than a plain Adam's
+warnings.filterwarnings("ignore", message=".*capturable=True.*")
 
 
 class StepKey(NamedTuple):
@@ -37,12 +51,19 @@ class StepKey(NamedTuple):
     telemetry: bool  # whether the stats buffer holds weight norms and update ratios
 
 
+def empty_cache() -> None:
+    """torch.cuda.empty_cache(), never during another thread's capture (torch asserts that none is under way)."""
+    with _capture_lock:
+        torch.cuda.empty_cache()
+
+
 class StaticStep:
-    """One session's step on static tensors: `run(x, y)` copies the batch in, steps, and returns the stats as floats.
-    The session's own tensors (parameters, BN statistics, optimizer state) are updated in place, as ever."""
+    """One session's step on static tensors: `run(session, x, y)` copies the batch in, steps, and returns the stats
+    as floats. The session's own tensors (parameters, BN statistics, optimizer state) are updated in place, as ever.
+    It holds no reference to its session (a session must be freed the moment its learner's seat is)."""
 
     def __init__(self, session, key: StepKey, capture: bool):
-        self.session, self.key, self.capture = session, key, capture
+        self.key, self.capture = key, capture
         self.live = session._live_tensors()  # everything a step changes
         self.with_state = {id(p) for p in session.optimizer.state}
         self.copies = [t.detach().clone() for t in self.live]  # the undo: the step writes them before it starts
@@ -53,9 +74,8 @@ class StaticStep:
         self.runs = 0
         self.failed = None  # why the capture failed, if it did: the session then steps eagerly
 
-    def _body(self) -> None:
+    def _body(self, s) -> None:
         """The step itself, as the graph records it: no host sync, no allocation outside the graph's pool."""
-        s = self.session
         torch._foreach_copy_(self.copies, self.live)
         s.optimizer.zero_grad(set_to_none=True)  # backward then writes fresh gradients (captured: into the pool)
         s.model.train()
@@ -70,44 +90,61 @@ class StaticStep:
             self.stats = torch.empty_like(stats)
         self.stats.copy_(stats)
 
-    def run(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def run(self, session, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         self.x.copy_(x)
         self.y.copy_(y)
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._body()
+            self._body(session)
             self.runs += 1
             if self.capture and self.runs == WARMUP_STEPS:
-                try:
-                    self._capture()
-                except Exception as e:  # noqa: BLE001 -- any failure to capture leaves the eager step, never none
-                    self.failed = f"{type(e).__name__}: {e}"
-                    log.warning("CUDA graph capture failed (%s); this session steps eagerly", self.failed)
+                self._capture(session)
         return self.stats.tolist()  # the one host sync of a step
 
-    def _capture(self) -> None:
-        """Record the body into a CUDA graph (recorded, not run: the next run replays it)."""
-        graph = torch.cuda.CUDAGraph()
-        device = self.session.device
+    def _capture(self, session) -> None:
+        """Record the body into a CUDA graph (recorded, not run: the next run replays it). Not torch.cuda.graph():
+        its entry synchronises the whole device and empties the allocator's cache, stalling every learner's step
+        for each one's shortcut switch. A failure leaves this session eager, and no later capture is tried."""
+        global _broken
+        device = session.device
         with _capture_lock:
-            stream = _capture_streams.setdefault(device.index or 0, torch.cuda.Stream(device))
-            stream.wait_stream(torch.cuda.current_stream(device))  # the warm-up steps' work comes first
-            # thread_local: other learners' threads go on launching their own work while this one captures
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                self._body()
-            torch.cuda.current_stream(device).wait_stream(stream)
+            if _broken is not None:
+                self.failed = _broken
+                return
+            try:
+                caller = torch.cuda.current_stream(device)
+                if device.index not in _capture_streams:
+                    _capture_streams[device.index] = torch.cuda.Stream(device)
+                stream = _capture_streams[device.index]
+                stream.wait_stream(caller)  # the warm-up steps' work comes first
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.stream(stream):
+                    # thread_local: other learners' threads go on launching their own work meanwhile
+                    graph.capture_begin(capture_error_mode="thread_local")
+                    try:
+                        self._body(session)
+                    finally:
+                        graph.capture_end()
+                caller.wait_stream(stream)
+            except Exception as e:  # noqa: BLE001 -- any failure to capture leaves the eager step, never none
+                # torch 2.11's capture_end can fail before it hands the allocator back: no capture is safe after
+                self.failed = _broken = f"{type(e).__name__}: {e}"
+                log.warning("CUDA graph capture failed (%s); every session steps eagerly from now on", self.failed)
+                return
         self.graph = graph
 
-    def restore(self) -> None:
+    def restore(self, session) -> None:
         """Undo the last step: everything back as it was before it (the copies its run wrote first), and no
         optimizer state for a parameter whose first gradient that step was."""
         torch._foreach_copy_(self.live, self.copies)
-        state = self.session.optimizer.state
+        state = session.optimizer.state
         for p in [p for p in state if id(p) not in self.with_state]:
             del state[p]
 
-    def close(self) -> None:
-        """Let go of the graph and its memory pool; the gradients in that pool go with it."""
-        self.session.optimizer.zero_grad(set_to_none=True)
-        self.graph = None
+    def close(self, session) -> None:
+        """Let go of the graph and its memory pool (its gradients with it); under the capture lock, as freeing a
+        graph during another's capture would pull memory from under it."""
+        session.optimizer.zero_grad(set_to_none=True)
+        with _capture_lock:
+            self.graph = None

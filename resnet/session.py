@@ -15,10 +15,12 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from . import graphstep
 from .data import Dataset, augment, load_dataset, normalize
 from .errors import UserError
 from .graphstep import StaticStep, StepKey
@@ -230,6 +232,12 @@ class Session:
             self.optimizer = torch.optim.Adam(params, weight_decay=c.weight_decay, **flavour)
         else:
             self.optimizer = torch.optim.SGD(params, momentum=c.momentum, weight_decay=c.weight_decay, **flavour)
+            if self.step_mode != "eager":
+                # fused SGD takes a step as the first only if no parameter has a momentum buffer, and fails if some
+                # have one and some not (a projection's first gradient after its shortcut comes back on). A zero
+                # buffer is what the first step would make: 0.9 * 0 + g = g.
+                for p in self.model.parameters():
+                    self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.optimizer_serial = next(_serials)
 
     def configure(self, lr: float | None = None, optimizer: str | None = None, batch_size: int | None = None):
@@ -339,7 +347,7 @@ class Session:
                 self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+                graphstep.empty_cache()
             raise
         return self._stats(self._undo.copies[: len(self.weights)], logits, loss, y).cpu().tolist()
 
@@ -363,7 +371,7 @@ class Session:
         """The static (on CUDA: captured) step for a batch like x, made when anything it is specific to changed;
         None where this step must be eager: eager mode, the optimizer's first step (its state does not exist yet
         to be captured), a failed capture."""
-        if self.step_mode == "eager" or not self.optimizer.state:
+        if self.step_mode == "eager" or not self.optimizer.state or len(x) > graphstep.MAX_CAPTURED_BATCH:
             return None
         key = StepKey(
             tuple(x.shape), tuple(self.model.shortcuts), self.optimizer_serial, len(self.optimizer.state),
@@ -377,7 +385,7 @@ class Session:
 
     def _drop_static(self) -> None:
         if self._static is not None:
-            self._static.close()
+            self._static.close(self)
             self._static = None
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> dict:
@@ -386,17 +394,17 @@ class Session:
         runner = self._static_step(x) if static else None
         if runner is not None:
             try:
-                stats = runner.run(x, y)
+                stats = runner.run(self, x, y)
             except torch.OutOfMemoryError:
-                runner.restore()
+                runner.restore(self)
                 self._drop_static()
-                torch.cuda.empty_cache()
+                graphstep.empty_cache()
                 raise
             if runner.failed:  # the capture failed: this step stands; from now on, eager steps
                 log.warning("session %s steps eagerly from now on", id(self))
                 self.step_mode = "eager"
                 self._drop_static()
-            undo, had_state = runner.restore, True
+            undo, had_state = partial(runner.restore, self), True
         else:
             stats, had_state = self._eager_stats(x, y), bool(self.optimizer.state)
             undo = self._undo.restore
