@@ -22,12 +22,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gradio.__version__)" | tee -a "$OUT/gpu_card.txt"
 
 # the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~1 minute
-timeout 150 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
+timeout 110 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
   tests/test_pool.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
 
 # every figure: batch 512 loops, one learner at batch 64, rooms of 100 (captured, eager), the app with 100 learners
 # shellcheck disable=SC2086 -- GPU_CHECK_ARGS is a list of arguments
-timeout 480 python -m resnet.bench --gpu-check --app ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
+timeout 420 python -m resnet.bench --gpu-check --app ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
   tee "$OUT/gpu_check.txt"
 
 if [ "${PROBES:-0}" = 1 ]; then
