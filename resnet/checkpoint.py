@@ -12,7 +12,10 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx2  # huggingface-hub's HTTP client: its HTTPError is a refused connection, a timeout or an error status
+try:  # huggingface-hub's HTTP client: its HTTPError is a refused connection, a timeout or an error status
+    import httpx2
+except ImportError:  # huggingface-hub before 2.0 (a GPU image's, say) uses httpx
+    import httpx as httpx2
 import safetensors.torch
 import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
