@@ -66,7 +66,6 @@ class SessionPool:
         turn_seconds: float = 0.35,
         report_seconds: float = 0.35,
         untrained_seconds: float = 300,
-        reports_per_second: float = 50,
     ):
         self.make = make  # builds a fresh session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
@@ -74,10 +73,6 @@ class SessionPool:
         self.untrained_seconds = untrained_seconds  # ... or this long, if it never took a step (a seat, not a run)
         self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a GPU step is ms: one step)
         self.report_seconds = report_seconds  # training between a run's reports (chart updates, Pause checks)
-        # ... or longer: all runs' reports together at most this often. Each costs the server ~4 ms of the GIL (the
-        # charts, gradio's event); 100 runs reporting every 0.35 s took more than a core of an H200 server, and every
-        # Step click and prediction queued behind them (Step p95 2.4 s)
-        self.reports_per_second = reports_per_second
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
@@ -206,8 +201,7 @@ class SessionPool:
         step: Callable | None = None,
     ) -> Iterator[tuple[object, dict]]:
         """Train the learner's session `steps` steps (None: until `stop`, or `seconds` have passed), yielding
-        (session, report) every `report_seconds` (less often in a full room: `reports_per_second` for all runs
-        together) and at the end. A report is `session.step`'s for the steps since
+        (session, report) every `report_seconds` and at the end. A report is `session.step`'s for the steps since
         the last one, plus "total" (steps taken in this run) and "end": None, "done", or "timeout". A new run of
         the same learner, `stop`, `replace` and `close` end this one before its next turn, and it never reports
         after that: the charts of a new session are not overwritten by an old run's steps. `step(session, n)`:
@@ -235,8 +229,7 @@ class SessionPool:
                 end = "done" if (steps is not None and total >= steps) or report.get("finished") else None
                 if end is None and steps is None and time.monotonic() - start >= seconds:
                     end = "timeout"
-                every = max(self.report_seconds, self.running() / self.reports_per_second)
-                if end or time.monotonic() - last_report >= every:
+                if end or time.monotonic() - last_report >= self.report_seconds:
                     if not self._current(key, token, session):
                         return
                     yield session, {**pending, "total": total, "end": end}
