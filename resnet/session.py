@@ -369,8 +369,8 @@ class Session:
 
     def _static_step(self, x: torch.Tensor) -> StaticStep | None:
         """The static (on CUDA: captured) step for a batch like x, made when anything it is specific to changed;
-        None where this step must be eager: eager mode, the optimizer's first step (its state does not exist yet
-        to be captured), a failed capture."""
+        None where this step must be eager: eager mode (also after a failed capture), the optimizer's first step
+        (its state does not exist yet to be captured), a batch above graphstep.MAX_CAPTURED_BATCH."""
         if self.step_mode == "eager" or not self.optimizer.state or len(x) > graphstep.MAX_CAPTURED_BATCH:
             return None
         key = StepKey(
