@@ -17,7 +17,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
-pip install -q --no-index --no-deps .device/wheels/*.whl 2>&1 | grep -v "^WARNING: Running pip as" | tail -3
+# the image's Python is "externally managed" (PEP 668): pip installs into it only when told to
+python -m pip install -q --break-system-packages --no-index --no-deps .device/wheels/*.whl 2>&1 |
+  grep -v "^WARNING: Running pip as" | tail -3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_card.txt"
 python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gradio.__version__)" | tee -a "$OUT/gpu_card.txt"
 
