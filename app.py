@@ -29,7 +29,7 @@ from resnet.data import DATASETS
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
 from resnet.model import architecture as architecture_config
-from resnet.pool import PLAY, SessionPool
+from resnet.pool import PLAY, for_device
 from resnet.session import History, Session, TrainConfig, pick_device
 from resnet.twin import TwinSession
 
@@ -420,15 +420,7 @@ def first_session() -> Session:
 
 
 DEVICE = pick_device()
-# a CPU step already uses every core, so one at a time; a GPU interleaves a few learners' steps
-# A CPU step (~0.1-1 s) already uses every core: one learner at a time, in turns of a chart update's worth of
-# steps. A GPU step is a few ms of host work: a few learners at once, one step per turn, so a Step click waits
-# behind a few steps rather than a third of a second of someone's Play.
-POOL = (
-    SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=4, turn_seconds=0.0)
-    if DEVICE.type == "cuda"
-    else SessionPool(first_session, MAX_SESSIONS, IDLE_SECONDS, workers=1, turn_seconds=0.35)
-)
+POOL = for_device(DEVICE, first_session, MAX_SESSIONS, IDLE_SECONDS)
 
 
 def user_errors(fn):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .data import load_dataset, normalize
 from .notebook import NotebookResNet
-from .pool import SessionPool
+from .pool import GPU_TURN_STEPS, for_device
 from .session import Session, TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "bench"  # where a bare --out name is written
@@ -33,19 +33,31 @@ def sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def measure(step, steps: int, device) -> float:
+def measure(run, steps: int, device) -> float:
+    """Seconds for `run(steps)`, a loop's `steps` steps, from an idle device to an idle device."""
     sync(device)
     t = time.perf_counter()
-    for _ in range(steps):
-        step()
+    run(steps)
     sync(device)
     return time.perf_counter() - t
 
 
+def each(step):
+    """A loop of one-step calls: run(n) calls step() n times."""
+    return lambda n: [step() for _ in range(n)]
+
+
+def in_turns(session, n: int):
+    """n steps of a session as Play takes them on a GPU: turns of GPU_TURN_STEPS launched back to back, each read
+    once at its end (on a CPU each step is read at once whatever the turn)."""
+    for start in range(0, n, GPU_TURN_STEPS):
+        session.step(min(GPU_TURN_STEPS, n - start))
+
+
 def interleaved(loops: dict, steps: int, rounds: int, device, warmup: int = 3) -> tuple[dict, dict]:
-    """Seconds per round for each loop, `steps` steps a round, and each loop's warm-up seconds. The loops take
-    turns within a round, in reverse order every other round, so a slow spell of the machine (or a drift) falls on
-    all of them alike."""
+    """Seconds per round for each loop (`run(n)` takes n steps), `steps` steps a round, and each loop's warm-up
+    seconds. The loops take turns within a round, in reverse order every other round, so a slow spell of the machine
+    (or a drift) falls on all of them alike."""
     # warm-up: allocator, oneDNN kernel choice, cuDNN autotune, torch.compile
     warm = {name: measure(step, warmup, device) for name, step in loops.items()}
     times = {name: [] for name in loops}
@@ -75,9 +87,9 @@ def notebook_loop(data, device, batch: int):
         loss = criterion(output, data.train_y[idx])
         loss.backward()
         optimizer.step()
-        loss.item()  # the notebook prints the loss each step: a host sync, like the session's
+        loss.item()  # the notebook prints the loss each step: a host sync
 
-    return step
+    return each(step)
 
 
 def session_loops(session: Session) -> tuple:
@@ -88,12 +100,12 @@ def session_loops(session: Session) -> tuple:
     if session.step_mode != "eager":
         bare = Session(replace(session.config, telemetry=False), session.model_config)
 
-    def step(s: Session, telemetry: bool):
+    def run(s: Session, telemetry: bool, n: int):
         if s.config.telemetry != telemetry:
             s.config = replace(s.config, telemetry=telemetry)
-        s.step(1)
+        in_turns(s, n)
 
-    return partial(step, session, True), partial(step, bare, False)
+    return partial(run, session, True), partial(run, bare, False)
 
 
 def ceiling_loop(session: Session) -> tuple:
@@ -144,7 +156,10 @@ def ceiling_loop(session: Session) -> tuple:
             torch.autograd.grad(out, leaves, grad)  # returned, not accumulated into .grad: no extra add
 
     batch = x.shape[0]
-    return step, {"gflop_per_image": forward_flops / batch / 1e9, "train_gflop_per_image": train_flops / batch / 1e9}
+    return each(step), {
+        "gflop_per_image": forward_flops / batch / 1e9,
+        "train_gflop_per_image": train_flops / batch / 1e9,
+    }
 
 
 def speed(loops: dict, batch: int, steps: int, rounds: int, device) -> dict:
@@ -234,7 +249,7 @@ def gpu_check(args) -> dict:
         from .twin import TwinSession
 
         twin = TwinSession(base)
-        loops["twin"] = lambda: twin.step(1)
+        loops["twin"] = twin.step
     except Exception as e:  # noqa: BLE001 -- the twin is optional here; say why it is missing
         print(f"twin not measured: {e}")
     loops["ceiling"], flops = ceiling_loop(session)
@@ -286,18 +301,20 @@ def gpu_check(args) -> dict:
 
 
 def one_learner(device, steps: int, rounds: int, batch: int = 64) -> dict:
-    """One learner's steps/s at `batch`, as the app steps (one step and its statistics at a time): the session's
-    default step (captured on a GPU) against eager, interleaved round by round."""
+    """One learner's steps/s at `batch`, interleaved round by round: Play as the app takes it on a GPU (turns of
+    GPU_TURN_STEPS, read once each) with the session's default step (captured on a GPU) and with eager steps, and
+    Step clicks (one step, read at once)."""
     config = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
     default, eager = Session(config), Session(replace(config, step_mode="eager"))
-    loops = {"default": lambda: default.step(1), "eager": lambda: eager.step(1)}
+    loops = {"play": partial(in_turns, default), "eager": partial(in_turns, eager), "click": each(default.step)}
     times, _ = interleaved(loops, steps, rounds, device, warmup=4)
     rate = {name: statistics.median(steps / t for t in ts) for name, ts in times.items()}
     return {
         "step_mode": default.step_mode,
-        "steps_s": round(rate["default"], 1),
+        "steps_s": round(rate["play"], 1),
         "eager_steps_s": round(rate["eager"], 1),
-        "speedup": round(rate["default"] / rate["eager"], 2),
+        "click_steps_s": round(rate["click"], 1),
+        "speedup": round(rate["play"] / rate["eager"], 2),
         "captures": default.captures,
     }
 
@@ -316,27 +333,26 @@ def room(
     seconds: float = 20,
     device: str = "auto",
     precision: str = "auto",
-    workers: int | None = None,
     step_mode: str = "auto",
+    **scheduler,
 ) -> dict:
-    """A room headless: `sessions` learners all pressing Play for `seconds` on one pool, the app's scheduler (`workers`
-    slots handed over first come first served, one step per turn; default 4 on a GPU, 1 elsewhere). Returns the
-    learner-steps/s in total and, per learner, its steps and the p50 and p95 of its wait between steps (the end of
-    one to the start of the next), in ms: how long a learner's chart stands still while the others train."""
+    """A room headless: `sessions` learners all pressing Play for `seconds` on one pool, the app's scheduler
+    (pool.for_device; `scheduler`: SessionPool settings other than its). Returns the learner-steps/s in total and,
+    per learner, its steps, turns and the p50 and p95 of its wait between turns (the end of one to the start of the
+    next), in ms: how long a learner's chart stands still while the others train."""
     config = TrainConfig(batch_size=batch, device=device, precision=precision, eval_every=0, step_mode=step_mode)
     learners = [Session(replace(config, seed=i)) for i in range(sessions)]
     for s in learners:  # allocation, kernel choice and (on a GPU) the capture: not part of a room's rhythm
         s.step(4 if s.step_mode == "graph" else 1)
-    workers = workers or (4 if learners[0].device.type == "cuda" else 1)
-    pool = SessionPool(lambda: None, max_sessions=sessions, workers=workers, turn_seconds=0.0, report_seconds=1.0)
+    pool = for_device(learners[0].device, lambda: None, sessions, 1800, **{"report_seconds": 1.0, **scheduler})
     for i, s in enumerate(learners):
         pool.replace(str(i), s)
-    times: list[list[tuple[float, float]]] = [[] for _ in learners]  # per learner: (start, end) of each step
+    times: list[list[tuple[float, float, int]]] = [[] for _ in learners]  # per learner: (start, end, steps) of a turn
 
     def timed(i: int, s: Session, n: int) -> dict:
         t = time.perf_counter()
-        report = s.step(n)  # returns once the device has finished (the step's statistics are on the host)
-        times[i].append((t, time.perf_counter()))
+        report = s.step(n)  # returns once the device has finished (the steps' statistics are on the host)
+        times[i].append((t, time.perf_counter(), report["done"] + report["rejected"]))
         return report
 
     def play(i: int):
@@ -350,7 +366,7 @@ def room(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    steps = [len(ts) for ts in times]
+    steps = [sum(n for _, _, n in ts) for ts in times]
     waits = [[b[0] - a[1] for a, b in zip(ts, ts[1:])] or [0.0] for ts in times]
     p50 = [round(1000 * percentile(w, 0.5), 1) for w in waits]
     p95 = [round(1000 * percentile(w, 0.95), 1) for w in waits]
@@ -359,7 +375,8 @@ def room(
         "precision": learners[0].precision,
         "step_mode": learners[0].step_mode,
         "sessions": sessions,
-        "workers": workers,
+        "workers": pool.workers,
+        "turn_steps": pool.turn_steps,
         "batch": batch,
         "seconds": round(elapsed, 1),
         "learner_steps": sum(steps),
@@ -368,6 +385,7 @@ def room(
         "wait_p50_ms": round(statistics.median(p50), 1),  # the typical learner's typical wait
         "wait_p95_ms": max(p95),  # the unluckiest learner's slow turns
         "session_steps": steps,
+        "session_turns": [len(ts) for ts in times],
         "session_wait_p50_ms": p50,
         "session_wait_p95_ms": p95,
     }
@@ -464,7 +482,7 @@ def speed_on_this_device(args) -> dict:
         # The app's sessions also measure held-out accuracy (TrainConfig's defaults: 500 images every 50 steps), so
         # its headless twin is the engine's step plus that evaluation, amortised: like for like, not UI work.
         session.config = replace(session.config, telemetry=True)
-        evaluate = partial(session.evaluate, config.eval_size)
+        evaluate = each(partial(session.evaluate, config.eval_size))
         measure(evaluate, 1, device)
         eval_s = statistics.median(measure(evaluate, 1, device) for _ in range(3))
         step_ms = 1000 * args.batch / img_s["engine"]

@@ -2,10 +2,12 @@
 
 On a GPU a batch-64 step is ~1 ms of kernels behind ~8 ms of Python and launches, so the host, not the card, sets a
 workshop's pace. Captured once, the step (the undo snapshot, forward, backward, optimizer, and every statistic the
-divergence guard and the telemetry need, in one buffer) costs the host a copy of the batch, a replay and one small
-read of that buffer. A capture fits one key (input shape, shortcut mask, optimizer, telemetry) and is made again
-when the key changes; the lr lives in a device tensor the graph reads, so an lr change needs none. Without capture
-(`capture=False`) the same code runs eagerly: how CPU tests check everything but the capture itself.
+divergence guard and the telemetry need, in one buffer) costs the host a copy of the batch and a replay. The guard
+decides on the device too (a step that diverged undoes itself), so the host reads nothing between steps: it reads
+a turn's steps at once, and host and card work side by side. A capture fits one key (input shape, shortcut mask,
+optimizer, telemetry) and is made again when the key changes; the lr lives in a device tensor the graph reads, so
+an lr change needs none. Without capture (`capture=False`) the same code runs eagerly: how CPU tests check
+everything but the capture itself.
 """
 
 import logging
@@ -16,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .undo import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +62,25 @@ def empty_cache() -> None:
 
 
 class StaticStep:
-    """One session's step on static tensors: `run(session, x, y)` copies the batch in, steps, and returns the stats
-    as floats. The session's own tensors (parameters, BN statistics, optimizer state) are updated in place, as ever.
+    """One session's step on static tensors: `run(session, x, y)` copies the batch in and launches the step; its
+    statistics, not yet read, come back in a tensor of their own. The session's own tensors (parameters, BN
+    statistics, optimizer state) are updated in place, as ever, and put back on the device if the step diverged.
     It holds no reference to its session (a session must be freed the moment its learner's seat is)."""
 
     def __init__(self, session, key: StepKey, capture: bool):
         self.key, self.capture = key, capture
-        self.live = session._live_tensors()  # everything a step changes
         self.with_state = {id(p) for p in session.optimizer.state}
-        self.copies = [t.detach().clone() for t in self.live]  # the undo: the step writes them before it starts
+        self.undo = Snapshot(session._live_tensors())  # everything a step changes; the step rewrites it first
         self.x = torch.empty(key.x_shape, device=session.device).contiguous(memory_format=session.memory_format)
         self.y = torch.empty(key.x_shape[0], dtype=torch.long, device=session.device)
-        self.stats = None  # (3 + k or 3 + 3k,) float32, made by the step's first run
+        self.stats = None  # (3 + k or 3 + 3k, then 1 if the step stood else 0,) float32, made by the first run
         self.graph = None
         self.runs = 0
         self.failed = None  # why the capture failed, if it did: the session then steps eagerly
 
     def _body(self, s) -> None:
         """The step itself, as the graph records it: no host sync, no allocation outside the graph's pool."""
-        torch._foreach_copy_(self.copies, self.live)
+        self.undo.take(self.undo.tensors)
         s.optimizer.zero_grad(set_to_none=True)  # backward then writes fresh gradients (captured: into the pool)
         s.model.train()
         # autocast's weight cache would hold casts made during capture outside the graph's memory
@@ -85,12 +89,16 @@ class StaticStep:
         loss = F.cross_entropy(logits.float(), self.y)
         loss.backward()
         s.optimizer.step()
-        stats = s._stats(self.copies[: len(s.weights)], logits, loss, self.y)
+        stats = s._stats(self.undo.copies[: len(s.weights)], logits, loss, self.y)
+        stands = s._stands(stats)  # () bool
+        self.undo.keep_if(stands)
+        stats = torch.cat([stats, stands.float()[None]])
         if self.stats is None:
             self.stats = torch.empty_like(stats)
         self.stats.copy_(stats)
 
-    def run(self, session, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def run(self, session, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step on (x, y); its statistics and whether it stood, as a tensor the host has not waited for."""
         self.x.copy_(x)
         self.y.copy_(y)
         if self.graph is not None:
@@ -100,7 +108,7 @@ class StaticStep:
             self.runs += 1
             if self.capture and self.runs == WARMUP_STEPS:
                 self._capture(session)
-        return self.stats.tolist()  # the one host sync of a step
+        return self.stats.clone()  # the next run overwrites self.stats before the host reads this one
 
     def _capture(self, session) -> None:
         """Record the body into a CUDA graph (recorded, not run: the next run replays it). Not torch.cuda.graph():
@@ -134,10 +142,15 @@ class StaticStep:
                 return
         self.graph = graph
 
+    def new_state(self, session) -> bool:
+        """Whether a run made optimizer state this step does not cover (a projection's first gradient in a warm-up
+        run): the host must then read that run at once, and drop the state if the run was undone."""
+        return len(session.optimizer.state) != len(self.with_state)
+
     def restore(self, session) -> None:
-        """Undo the last step: everything back as it was before it (the copies its run wrote first), and no
-        optimizer state for a parameter whose first gradient that step was."""
-        torch._foreach_copy_(self.live, self.copies)
+        """Undo the last step from the host: everything back as it was before it (the copies its run wrote first),
+        and no optimizer state for a parameter whose first gradient that step was."""
+        self.undo.restore()
         state = session.optimizer.state
         for p in [p for p in state if id(p) not in self.with_state]:
             del state[p]

@@ -66,18 +66,21 @@ class SessionPool:
         turn_seconds: float = 0.35,
         report_seconds: float = 0.35,
         untrained_seconds: float = 300,
+        turn_steps: int = 1,
     ):
         self.make = make  # builds a fresh session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
         self.idle_seconds = idle_seconds  # a session untouched this long is freed
         self.untrained_seconds = untrained_seconds  # ... or this long, if it never took a step (a seat, not a run)
-        self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a GPU step is ms: one step)
+        self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a CPU's turn)
+        self.turn_steps = turn_steps  # ... but at least this many steps (a GPU's turn: steps launched, read once)
         self.report_seconds = report_seconds  # training between a run's reports (chart updates, Pause checks)
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
         self._runs: dict[str, object] = {}  # key -> the token of its one running Play / Step xN
         self._lock = threading.Lock()
+        self.workers = workers  # learners training at once
         self._slots = FairSlots(workers)
 
     # --- seats -----------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ class SessionPool:
         _wait_for_chunk(self._end_run(key))  # one run per learner: a second Play replaces the first
         with self._lock:
             self._runs[key] = token
-        start, turn, total, pending, last_report = time.monotonic(), 1, 0, None, time.monotonic()
+        start, turn, total, pending, last_report = time.monotonic(), self.turn_steps, 0, None, time.monotonic()
         try:
             while True:
                 if steps is not None:
@@ -225,7 +228,7 @@ class SessionPool:
                     elapsed = time.perf_counter() - t
                 total += _steps_of(report)
                 pending = report if pending is None else _merge(pending, report)
-                turn = max(1, min(200, int(turn * self.turn_seconds / max(elapsed, 1e-4))))
+                turn = max(self.turn_steps, min(200, int(turn * self.turn_seconds / max(elapsed, 1e-4))))
                 end = "done" if (steps is not None and total >= steps) or report.get("finished") else None
                 if end is None and steps is None and time.monotonic() - start >= seconds:
                     end = "timeout"
@@ -259,6 +262,23 @@ class SessionPool:
     def _current(self, key: str, token, session) -> bool:
         with self._lock:
             return self._runs.get(key) is token and self._sessions.get(key) is session
+
+
+# A GPU's turn: steps launched back to back and read once at the end (session.Session.step), so the host prepares
+# the next while the card computes. A batch-64 step is ~1 ms of GPU work: a Step click waits a few ms behind a turn.
+GPU_TURN_STEPS = 8
+
+
+def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, **changes) -> SessionPool:
+    """The app's scheduler for `device` (`changes`: other SessionPool settings, for a bench). A CPU step (~0.1-1 s)
+    already uses every core: one learner at a time, in turns of a chart update's worth of steps. A GPU step is ~1 ms
+    of host work: four learners launch at once, in turns of GPU_TURN_STEPS, so a Step click waits behind a few
+    steps, not a third of a second of someone's Play."""
+    if device.type == "cuda":
+        settings = {"workers": 4, "turn_seconds": 0.0, "turn_steps": GPU_TURN_STEPS}
+    else:
+        settings = {"workers": 1, "turn_seconds": 0.35}
+    return SessionPool(make, max_sessions, idle_seconds, **{**settings, **changes})
 
 
 def _wait_for_chunk(session) -> None:

@@ -2,7 +2,7 @@
 
 Built to be watched: every step records loss, accuracy and, for each conv/linear layer, the gradient norm, the
 weight norm and the update/weight ratio, computed for all layers at once on the device and copied to the host
-in one transfer per step. A step whose loss or gradients are not finite, or that moves a layer by more than
+in one transfer per step (a static step's: per turn of steps). A step whose loss or gradients are not finite, or that moves a layer by more than
 MAX_UPDATE_RATIO times its weights, is undone (weights, BN statistics and optimizer state restored) and reported,
 telemetry on or off, so a learner who types lr=1000 loses nothing but that step.
 """
@@ -13,7 +13,6 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -25,6 +24,7 @@ from .data import Dataset, augment, load_dataset, normalize
 from .errors import UserError
 from .graphstep import StaticStep, StepKey
 from .model import ResNet, ResNetConfig, private_rng
+from .undo import Snapshot, restored
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd")
@@ -127,41 +127,6 @@ class History:
     def add_event(self, step: int, kind: str, text: str):
         self.events.append({"step": step, "kind": kind, "text": text})
         del self.events[: -self.points]
-
-
-class Snapshot:
-    """Copies of some tensors, and `restore()` to put them back: the undo of a step. `take` copies into the
-    previous copies' memory when the tensors match them in shape, so a step's snapshot allocates nothing."""
-
-    def __init__(self, tensors: list[torch.Tensor] | None = None):
-        self.tensors: list[torch.Tensor] = []
-        self.copies: list[torch.Tensor] = []
-        if tensors is not None:
-            self.take(tensors)
-
-    def take(self, tensors: list[torch.Tensor]) -> None:
-        def layout(ts):
-            return [(t.shape, t.dtype, t.device) for t in ts]
-
-        if layout(self.copies) == layout(tensors):
-            torch._foreach_copy_(self.copies, tensors)
-        else:  # the first snapshot, or the optimizer's state has appeared or changed
-            self.copies = [t.detach().clone() for t in tensors]
-        self.tensors = tensors
-
-    def restore(self) -> None:
-        torch._foreach_copy_(self.tensors, self.copies)
-
-
-@contextmanager
-def restored(tensors: list[torch.Tensor]):
-    """Run the block, then put `tensors` back as they were, even if it failed (train-mode BN moves its running
-    statistics on any forward pass, step or not)."""
-    snapshot = Snapshot(tensors)
-    try:
-        yield
-    finally:
-        snapshot.restore()
 
 
 class Session:
@@ -388,50 +353,80 @@ class Session:
             self._static.close(self)
             self._static = None
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> dict:
-        """One optimizer step on (x, y). Returns the step's record, or {"rejected": reason} if it was undone.
+    def _stands(self, stats: torch.Tensor) -> torch.Tensor:
+        """The divergence guard on the device: () bool, true if the step may stand (everything finite, no layer
+        moved by more than MAX_UPDATE_RATIO times its weights). `_rejection` says the same on the host, and why."""
+        return torch.isfinite(stats).all() & (stats[2] <= MAX_UPDATE_RATIO)
+
+    @staticmethod
+    def _rejection(stats: list[float]) -> str | None:
+        if not all(math.isfinite(v) for v in stats):
+            return f"{'loss' if not math.isfinite(stats[0]) else 'gradients or weights'} not finite"
+        if stats[2] > MAX_UPDATE_RATIO:
+            return f"an update {stats[2]:.0f}x the size of its layer's weights"
+        return None
+
+    def _launch(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> tuple:
+        """Start one optimizer step on (x, y). Returns (stats, undo): a static step's statistics as a device tensor
+        not yet read, ending in 1.0 if the step stood (it undid itself on the device if not), with undo None; an
+        eager step's as floats, with what the host must run to undo it if `_records` rejects it.
         static=False: always eager (a one-off batch, such as the learner's own image, is not worth a capture)."""
         runner = self._static_step(x) if static else None
-        if runner is not None:
-            try:
-                stats = runner.run(self, x, y)
-            except torch.OutOfMemoryError:
-                runner.restore(self)
-                self._drop_static()
-                graphstep.empty_cache()
-                raise
-            if runner.failed:  # the capture failed: this step stands; from now on, eager steps
-                log.warning("session %s steps eagerly from now on", id(self))
-                self.step_mode = "eager"
-                self._drop_static()
-            undo, had_state = partial(runner.restore, self), True
-        else:
-            stats, had_state = self._eager_stats(x, y), bool(self.optimizer.state)
-            undo = self._undo.restore
+        if runner is None:
+            had_state = bool(self.optimizer.state)
+            stats = self._eager_stats(x, y)
 
-        loss_value, acc, max_ratio = stats[:3]
-        reason = None
-        if not all(math.isfinite(v) for v in stats):
-            reason = f"{'loss' if not math.isfinite(loss_value) else 'gradients or weights'} not finite"
-        elif max_ratio > MAX_UPDATE_RATIO:
-            reason = f"an update {max_ratio:.0f}x the size of its layer's weights"
-        if reason:
-            undo()
-            if not had_state:
-                self.optimizer.state.clear()
-            if runner is None:
+            def undo():
+                self._undo.restore()
+                if not had_state:
+                    self.optimizer.state.clear()
                 self.optimizer.zero_grad(set_to_none=True)
-            return {
-                "rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
-                "weights restored"
-            }
 
+            return stats, undo
+        try:
+            stats = runner.run(self, x, y)
+        except torch.OutOfMemoryError:
+            runner.restore(self)
+            self._drop_static()
+            graphstep.empty_cache()
+            raise
+        undo = partial(runner.restore, self) if runner.new_state(self) else None
+        if runner.failed:  # the capture failed: this step stands or not as ever; from now on, eager steps
+            log.warning("session %s steps eagerly from now on", id(self))
+            self.step_mode = "eager"
+            self._drop_static()
+        return stats, undo
+
+    def _records(self, launched: list[tuple]) -> list[dict]:
+        """Read launched steps (one wait for all the device's) and count them, in order: each step's record, or
+        {"rejected": reason} for a step that was undone."""
+        waiting = [stats for stats, _ in launched if torch.is_tensor(stats)]
+        rows = iter(torch.stack(waiting).tolist() if waiting else [])  # the one host sync
+        records = []
+        for stats, undo in launched:
+            if torch.is_tensor(stats):
+                *stats, stood = next(rows)
+                reason = None if stood else self._rejection(stats) or "diverged"
+            else:
+                reason = self._rejection(stats)
+            records.append(self._record(stats, reason, undo))
+        return records
+
+    def _record(self, stats: list[float], reason: str | None, undo) -> dict:
+        if reason:
+            if undo is not None:
+                undo()
+            return {
+                "step": self.step_count,  # as it was: the step did not count
+                "rejected": f"step {self.step_count + 1} rejected: {reason} (lr {self.config.lr:g} too large?); "
+                "weights restored",
+            }
         self.step_count += 1
         names, k = list(self.layers), len(self.weights)
         record = {
             "step": self.step_count,
-            "loss": loss_value,
-            "acc": acc,
+            "loss": stats[0],
+            "acc": stats[1],
             "lr": self.config.lr,
             "shortcuts": self.model.shortcuts,
             "grad_norm": dict(zip(names, stats[3 : 3 + k])),
@@ -441,22 +436,47 @@ class Session:
             record["update_ratio"] = dict(zip(names, stats[3 + 2 * k :]))
         return record
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> dict:
+        """One optimizer step on (x, y), read at once. Returns the step's record, or {"rejected": reason} if it was
+        undone. static=False: always eager (see `_launch`)."""
+        with self.lock:
+            return self._records([self._launch(x, y, static)])[0]
+
     def step(self, n: int = 1, batch=None) -> dict:
         """Take n training steps. Returns {"step", "done", "rejected", "messages", "last"} as plain data.
-        `batch`: a function giving each step's (x, y) instead of `next_batch` (twins share one batch stream)."""
-        done, messages, last = 0, [], None
-        with self.lock:
-            for _ in range(int(n)):
-                record = self.train_step(*(batch or self.next_batch)())
+        `batch`: a function giving each step's (x, y) instead of `next_batch` (twins share one batch stream).
+        Static steps are launched back to back and read together at the end, so the host prepares the next batch
+        while the device computes; they are read earlier only where an outcome must be known first: an
+        evaluation's step, a step the host must undo itself."""
+        done, messages, last, launched = 0, [], None, []
+        every = self.config.eval_every
+
+        def settle():
+            nonlocal done, last
+            records = self._records(launched)
+            launched.clear()
+            for record in records:
                 if "rejected" in record:
                     messages.append(record["rejected"])
-                    self.history.add_event(self.step_count, "rejected", record["rejected"])
+                    self.history.add_event(record["step"], "rejected", record["rejected"])
                     continue
                 done += 1
                 self.history.add_step(record)
                 last = record
-                if self.config.eval_every and self.step_count % self.config.eval_every == 0:
-                    self.history.add_eval({"step": self.step_count, **self.evaluate(self.config.eval_size)})
+                if every and record["step"] % every == 0:  # only ever the last record read (see below)
+                    self.history.add_eval({"step": record["step"], **self.evaluate(self.config.eval_size)})
+
+        with self.lock:
+            try:
+                for _ in range(int(n)):
+                    stats, undo = self._launch(*(batch or self.next_batch)())
+                    launched.append((stats, undo))
+                    # read now if this step may be the one an evaluation follows (all launched steps standing)
+                    evaluation = every and (self.step_count + len(launched)) // every > self.step_count // every
+                    if evaluation or undo is not None:
+                        settle()
+            finally:
+                settle()
         return {"step": self.step_count, "done": done, "rejected": len(messages), "messages": messages, "last": last}
 
     def evaluate(self, size: int | None = None, batch: int = 500) -> dict:

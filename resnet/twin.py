@@ -34,11 +34,11 @@ class _FixedShortcuts(Session):
                 "would end the comparison; use a Session to switch shortcuts"
             )
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def _launch(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> tuple:
         # the model's own switch is still reachable (twin.plain.model.set_shortcut): refuse to train a changed twin
         if self.model.shortcuts != [self.SHORTCUT] * len(self.model.blocks):
             raise ValueError(f"a twin's shortcuts were switched behind its back: {self.model.shortcuts}")
-        return super().train_step(x, y)
+        return super()._launch(x, y, static)
 
 
 class ResidualTwin(_FixedShortcuts):

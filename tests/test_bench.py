@@ -31,7 +31,7 @@ def test_ceiling_counts_the_notebook_models_flops():
     # training: forward, weight gradient and input gradient, except the images' gradient, which nobody needs
     stem = k * 3 * 64 * 32 * 32
     assert flops["train_gflop_per_image"] == pytest.approx(3 * expected / 1e9 - stem / 1e9, rel=1e-12)
-    step()  # runs
+    step(1)  # runs
 
 
 def test_a_tiny_bench_run_is_consistent_with_itself(capsys):
@@ -58,22 +58,30 @@ def test_a_tiny_bench_run_is_consistent_with_itself(capsys):
 def test_the_bench_compares_one_session_with_telemetry_on_and_off():
     session = Session(TrainConfig(batch_size=4, eval_every=0, precision="fp32"))
     on, off = bench.session_loops(session)
-    on()
-    off()
-    on()
+    on(1)
+    off(1)
+    on(1)
     steps = session.history.steps
     assert [r["step"] for r in steps] == [1, 2, 3]  # one run, taking turns
     assert ["update_ratio" in r for r in steps] == [True, False, True]  # telemetry recorded on its turns only
 
 
-def test_a_room_shares_the_pool_fairly_and_times_the_waits(tmp_path, monkeypatch, capsys):
+def test_a_room_on_the_apps_scheduler_writes_its_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)  # where a bare --out name goes
-    result = bench.main(["--room", "--sessions", "3", "--batch", "4", "--seconds", "1", "--out", "room.json"])
+    result = bench.main(["--room", "--sessions", "2", "--batch", "4", "--seconds", "0.5", "--out", "room.json"])
     assert json.loads((tmp_path / "room.json").read_text()) == result
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-2]) == result  # then the "written to" line
+    # the app's CPU scheduler: one learner at a time, turns of a chart update's worth of steps (0.35 s)
+    assert result["workers"] == 1 and result["turn_steps"] == 1 and min(result["session_steps"]) >= 1
+    assert sum(result["session_steps"]) == result["learner_steps"]
+
+
+def test_a_room_shares_the_pool_fairly_and_times_the_waits():
+    # one step a turn, so that a second holds many turns
+    result = bench.room(3, batch=4, seconds=1, device="cpu", turn_seconds=0.0)
     n, steps = result["sessions"], result["session_steps"]
-    assert n == 3 and sum(steps) == result["learner_steps"] and min(steps) >= 3
-    # the app's scheduler, one step per turn, first come first served: nobody gets a round ahead of the others
+    assert n == 3 and sum(steps) == result["learner_steps"] and min(steps) >= 3 and steps == result["session_turns"]
+    # first come first served: nobody gets a round ahead of the others
     assert max(steps) - min(steps) <= 1
     assert result["learner_steps_s"] == pytest.approx(result["learner_steps"] / result["seconds"], rel=0.05)
     assert len(result["session_wait_p50_ms"]) == len(result["session_wait_p95_ms"]) == n

@@ -77,6 +77,55 @@ def test_a_rejected_static_step_restores_weights_statistics_and_optimizer_state(
     assert s.step(1)["done"] == 1 and s.step_count == 4
 
 
+def test_a_turn_of_static_steps_is_read_once_and_a_diverged_step_in_it_undoes_itself():
+    # Play's turn on a GPU: steps launched back to back, read together at the end, so the host never waits between
+    # them; a step that diverges mid-turn must undo itself on the device, before the next one starts from it
+    batches = []
+    eager, static = session("eager", eval_every=3), session("static", eval_every=3)
+    for s in (eager, static):
+        s.step(1)  # the optimizer's first step (eager for both)
+    for i in range(6):
+        x, y = eager.next_batch()
+        if i == 2:
+            x[0, 0, 0, 0] = float("nan")
+        batches.append((x, y))
+    reads = []
+    records = static._records
+    static._records = lambda launched: (launched and reads.append(len(launched)), records(launched))[1]
+    reports = {}
+    for name, s in (("eager", eager), ("static", static)):
+        feed = iter(batches)
+        reports[name] = s.step(6, batch=lambda feed=feed: next(feed))
+    assert reports["static"]["rejected"] == reports["eager"]["rejected"] == 1
+    assert reports["static"]["messages"] == reports["eager"]["messages"]  # "step 4 rejected: loss not finite ..."
+    assert static.step_count == eager.step_count == 6
+    # read only where an evaluation may be due (every 3 steps): steps 2-3 (evaluated at 3), then three launches of
+    # which one was undone (at 5, none due), then one more (6: evaluated). Never a read per step.
+    assert reads == [2, 3, 1]
+    assert [e["step"] for e in static.history.evals] == [e["step"] for e in eager.history.evals] == [3, 6]
+    for a, b in zip(eager.history.evals, static.history.evals):  # evaluated on the weights of that very step
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)
+    rejected = [e for e in static.history.events if e["kind"] == "rejected"]
+    assert [e["step"] for e in rejected] == [3]  # after step 3, as the eager session records it
+    e, s = state_of(eager), state_of(static)
+    assert all(torch.allclose(e[k].float(), s[k].float(), rtol=1e-3, atol=1e-4) for k in e)
+
+
+def test_the_undo_decided_on_the_device_puts_back_every_dtype_even_after_nan():
+    from resnet.undo import Snapshot
+
+    tensors = [torch.ones(2, 3), torch.tensor(5, dtype=torch.long), torch.tensor(0.5), torch.zeros(4).t()]
+    before = [t.clone() for t in tensors]
+    snapshot = Snapshot(tensors)
+    for t in tensors:
+        t.add_(1)
+    tensors[0][0, 0] = float("nan")
+    snapshot.keep_if(torch.tensor(True))  # the step stood: its values stay, NaN and all
+    assert tensors[1].item() == 6 and math.isnan(tensors[0][0, 0].item())
+    snapshot.keep_if(torch.tensor(False))  # it did not: everything as it was, bit for bit
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+
+
 def test_what_makes_a_new_capture_and_what_does_not():
     s = session("static")
     s.step(3)

@@ -4,8 +4,9 @@ import threading
 import time
 
 import pytest
+import torch
 
-from resnet.pool import PoolFull, SessionPool
+from resnet.pool import GPU_TURN_STEPS, PoolFull, SessionPool, for_device
 
 
 class Fake:
@@ -189,6 +190,18 @@ def test_a_step_click_waits_behind_at_most_one_turn_of_the_players():
     # and Play shares the slot fairly: in any window of three turns, each player had one
     window = turns[3:30]
     assert all(len(set(window[i : i + 3])) == 3 for i in range(0, len(window) - 3, 3)), window
+
+
+def test_a_gpu_pool_launches_turns_of_several_steps_and_a_cpu_pool_turns_by_time():
+    gpu = for_device(torch.device("cuda"), lambda: Stepper(0.0005), max_sessions=4, idle_seconds=60)
+    cpu = for_device(torch.device("cpu"), Stepper, max_sessions=4, idle_seconds=60)
+    assert (gpu.workers, gpu.turn_steps, cpu.workers, cpu.turn_seconds) == (4, GPU_TURN_STEPS, 1, 0.35)
+    session = gpu.get("a")
+    asked = []
+    step = session.step
+    session.step = lambda n: (asked.append(n), step(n))[1]
+    reports = list(gpu.train("a", steps=GPU_TURN_STEPS * 2 + 3))  # Step x19 on a GPU
+    assert asked == [GPU_TURN_STEPS, GPU_TURN_STEPS, 3] and reports[-1][1]["total"] == GPU_TURN_STEPS * 2 + 3
 
 
 def test_looking_takes_no_seat_and_a_learner_who_leaves_is_freed_after_the_grace_unless_back():
