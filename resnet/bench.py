@@ -230,9 +230,10 @@ def gpu_agreement(device, batch: int = 64) -> dict:
 def gpu_check(args) -> dict:
     """Every GPU measurement in one command (< 8 min on one card), its JSON written under assets/bench/: at batch 512
     the notebook loop, the session's step captured (telemetry on and off), eager and compiled, the twins and the
-    ceiling; one learner at batch 64, captured against eager; a room of 100 learners on the app's scheduler, captured
-    and eager; the app itself with 100 learners (tests/load_test.py); the bf16-vs-float64 agreement. Smaller
-    --batch/--steps/--rounds/--sessions/--seconds make a dry run of it on any device."""
+    ceiling; one learner at batch 64 (Play captured, Play eager, Step clicks); a room of 100 learners on the app's
+    scheduler (captured on streams of their own, captured on one stream, eager); the app itself with 100 learners
+    (tests/load_test.py); the bf16-vs-float64 agreement. Smaller --batch/--steps/--rounds/--sessions/--seconds make
+    a dry run of it on any device."""
     device = torch.device("cuda" if args.device == "auto" else args.device)
     batch, steps, rounds = args.batch or 512, args.steps or 20, args.rounds or 7
     learners, seconds = args.sessions or 100, args.seconds if args.seconds is not None else 30
@@ -258,12 +259,14 @@ def gpu_check(args) -> dict:
     print("warm-up seconds (3 steps, capture and compilation included): " + json.dumps(figures["warmup_s"]))
 
     one = one_learner(device, steps=max(steps * 5, 10), rounds=rounds)
-    print(f"one learner, batch 64: {one['steps_s']} steps/s ({one['step_mode']}) against {one['eager_steps_s']} "
-          f"eager: x{one['speedup']}", flush=True)  # fmt: skip
-    rooms = {mode: room(learners, 64, seconds, str(device), step_mode=mode) for mode in ("auto", "eager")}
-    for r in rooms.values():
-        print(f"room of {learners} ({r['step_mode']}, {r['workers']} workers): {r['learner_steps_s']} learner-steps/s,"
-              f" wait p50/p95 {r['wait_p50_ms']}/{r['wait_p95_ms']} ms", flush=True)  # fmt: skip
+    print(f"one learner, batch 64: Play {one['steps_s']} steps/s ({one['step_mode']}) against {one['eager_steps_s']} "
+          f"eager: x{one['speedup']}; Step clicks {one['click_steps_s']}/s", flush=True)  # fmt: skip
+    rooms = {}
+    for kind, changes in (("auto", {}), ("one_stream", {"own_stream": False}), ("eager", {"step_mode": "eager"})):
+        r = rooms[kind] = room(learners, 64, seconds, str(device), **changes)
+        print(f"room of {learners} ({r['step_mode']}, {'own streams' if r['own_streams'] else 'one stream'}, "
+              f"{r['workers']} workers, turns of {r['turn_steps']}): {r['learner_steps_s']} learner-steps/s, "
+              f"wait p50/p95 {r['wait_p50_ms']}/{r['wait_p95_ms']} ms", flush=True)  # fmt: skip
     agreement = gpu_agreement(device)
     print(
         f"bf16 on {name} vs float64 on CPU, one step: loss rel diff {agreement['loss_rel_diff']:.2e}, "
@@ -287,6 +290,7 @@ def gpu_check(args) -> dict:
         "tflops_engine_best": round(best * flops["train_gflop_per_image"] / 1e3, 1),
         "one_learner_b64": one,
         "room": rooms["auto"],
+        "room_one_stream": rooms["one_stream"],
         "room_eager": rooms["eager"],
         **agreement,
     }
@@ -334,13 +338,16 @@ def room(
     device: str = "auto",
     precision: str = "auto",
     step_mode: str = "auto",
+    own_stream: bool = True,
     **scheduler,
 ) -> dict:
     """A room headless: `sessions` learners all pressing Play for `seconds` on one pool, the app's scheduler
     (pool.for_device; `scheduler`: SessionPool settings other than its). Returns the learner-steps/s in total and,
     per learner, its steps, turns and the p50 and p95 of its wait between turns (the end of one to the start of the
     next), in ms: how long a learner's chart stands still while the others train."""
-    config = TrainConfig(batch_size=batch, device=device, precision=precision, eval_every=0, step_mode=step_mode)
+    config = TrainConfig(
+        batch_size=batch, device=device, precision=precision, eval_every=0, step_mode=step_mode, own_stream=own_stream
+    )
     learners = [Session(replace(config, seed=i)) for i in range(sessions)]
     for s in learners:  # allocation, kernel choice and (on a GPU) the capture: not part of a room's rhythm
         s.step(4 if s.step_mode == "graph" else 1)
@@ -374,6 +381,7 @@ def room(
         "device": str(learners[0].device),
         "precision": learners[0].precision,
         "step_mode": learners[0].step_mode,
+        "own_streams": learners[0].stream is not None,
         "sessions": sessions,
         "workers": pool.workers,
         "turn_steps": pool.turn_steps,

@@ -1,10 +1,10 @@
 """A training session: one learner's model, optimizer, data and history, stepped a few batches at a time.
 
 Built to be watched: every step records loss, accuracy and, for each conv/linear layer, the gradient norm, the
-weight norm and the update/weight ratio, computed for all layers at once on the device and copied to the host
-in one transfer per step (a static step's: per turn of steps). A step whose loss or gradients are not finite, or that moves a layer by more than
-MAX_UPDATE_RATIO times its weights, is undone (weights, BN statistics and optimizer state restored) and reported,
-telemetry on or off, so a learner who types lr=1000 loses nothing but that step.
+weight norm and the update/weight ratio, computed for all layers at once on the device and copied to the host in
+one transfer per step (a static step's: per turn of steps). A step whose loss or gradients are not finite, or that
+moves a layer by more than MAX_UPDATE_RATIO times its weights, is undone (weights, BN statistics and optimizer
+state restored) and reported, telemetry on or off, so a learner who types lr=1000 loses nothing but that step.
 """
 
 import itertools
@@ -13,6 +13,7 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -55,6 +56,9 @@ class TrainConfig:
     # "auto": each step one captured CUDA graph on CUDA (graphstep.py), eager elsewhere; "eager"; "graph";
     # "static": the graph's step run without capture (how a CPU checks it)
     step_mode: str = "auto"
+    # on CUDA, the session trains on a CUDA stream of its own, so that learners' small steps overlap on the card
+    # (they leave most of it idle); False: on the default stream, one learner's kernels after another's
+    own_stream: bool = True
     history_points: int = 2000  # steps kept; when full, every other one is dropped (older ones grow sparser), never cut
 
 
@@ -144,6 +148,7 @@ class Session:
         self.precision = pick_precision(self.config.precision, self.device)
         self.step_mode = pick_step_mode(self.config.step_mode, self.device, self.config.compile)
         self.captures = 0  # static steps made (on CUDA: graphs captured), for the bench and the tests
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and self.config.own_stream else None
         self._static: StaticStep | None = None
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
@@ -252,6 +257,18 @@ class Session:
                 self.history.add_event(self.step_count, "shortcut", f"shortcut {'on' if on else 'off'}: {where}")
 
     # --- training --------------------------------------------------------------------------------------------
+    @contextmanager
+    def _on_stream(self):
+        """Run the block's GPU work on the session's own stream, after whatever was queued before it. Callers end
+        it with a host read (the steps' statistics), so nothing it launched is still running when it returns: a
+        tensor it freed can go to any stream's work, and what others queue later sees its results."""
+        if self.stream is None:
+            yield
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            yield
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
@@ -439,7 +456,7 @@ class Session:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> dict:
         """One optimizer step on (x, y), read at once. Returns the step's record, or {"rejected": reason} if it was
         undone. static=False: always eager (see `_launch`)."""
-        with self.lock:
+        with self.lock, self._on_stream():
             return self._records([self._launch(x, y, static)])[0]
 
     def step(self, n: int = 1, batch=None) -> dict:
@@ -466,7 +483,7 @@ class Session:
                 if every and record["step"] % every == 0:  # only ever the last record read (see below)
                     self.history.add_eval({"step": record["step"], **self.evaluate(self.config.eval_size)})
 
-        with self.lock:
+        with self.lock, self._on_stream():
             try:
                 for _ in range(int(n)):
                     stats, undo = self._launch(*(batch or self.next_batch)())

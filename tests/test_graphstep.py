@@ -229,3 +229,32 @@ def test_the_captured_step_trains_as_the_eager_one_does_on_a_gpu():
     assert [r["step"] for r in graph.history.steps] == [r["step"] for r in eager.history.steps]
     for a, b in zip(eager.history.steps, graph.history.steps):  # bf16: its rounding, over ten steps
         assert math.isclose(a["loss"], b["loss"], rel_tol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_learners_training_at_once_on_their_own_streams_train_as_one_alone():
+    # four learners' turns overlap on the card, each on its own stream: nobody's steps leak into another's
+    import threading
+
+    config = TrainConfig(batch_size=64, eval_every=5, seed=1)
+    alone = Session(config)
+    alone.step(1)
+    expected = [alone.step(8)["last"]["loss"] for _ in range(4)]
+    room = [Session(config) for _ in range(4)]
+    assert all(s.stream is not None and s.step_mode == "graph" for s in room)
+    losses = {i: [] for i in range(4)}
+
+    def play(i):
+        room[i].step(1)
+        for _ in range(4):
+            losses[i].append(room[i].step(8)["last"]["loss"])
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        # the same seed, the same run (cuDNN may pick other kernels under load: their rounding, no more)
+        assert losses[i] == pytest.approx(expected, rel=1e-3), i
+    assert [e["step"] for e in room[0].history.evals] == [5, 10, 15, 20, 25, 30]
