@@ -236,7 +236,7 @@ def gpu_check(args) -> dict:
     a dry run of it on any device."""
     device = torch.device("cuda" if args.device == "auto" else args.device)
     batch, steps, rounds = args.batch or 512, args.steps or 20, args.rounds or 7
-    learners, seconds = args.sessions or 100, args.seconds if args.seconds is not None else 30
+    learners, seconds = args.sessions or 100, args.seconds if args.seconds is not None else 20
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{device} (a dry run)"
     print(f"{name}, torch {torch.__version__}", flush=True)
     data = load_dataset("shapes", device)
@@ -296,7 +296,7 @@ def gpu_check(args) -> dict:
     }
     if args.app:
         try:
-            run = ["--sessions", str(learners), "--seconds", str(2 * seconds), "--timeout", "30", "--deadline", "300"]
+            run = ["--sessions", str(learners), "--seconds", str(3 * seconds), "--timeout", "30", "--deadline", "300"]
             result["app_room"] = load_test(run)
         except Exception as e:  # noqa: BLE001 -- the headless figures above stand without it: keep them, say why
             result["app_room"] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
@@ -439,7 +439,9 @@ def main(argv=None):
     p.add_argument("--app", action="store_true", help="also train through a launched app (with --gpu-check: a room)")
     p.add_argument("--room", action="store_true", help="N sessions stepped round-robin (--sessions, --seconds)")
     p.add_argument("--sessions", type=int, default=None, help="--room: learners' sessions (8; --gpu-check: 100)")
-    p.add_argument("--seconds", type=float, default=None, help="--room: how long they play (20 s; --gpu-check: 30)")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="--room: how long they play (20 s; --gpu-check: 20, the app 3x)"
+    )
     p.add_argument("--out", default=None, help="also write the JSON there (a bare name: under assets/bench/)")
     args = p.parse_args(argv)
     if args.gpu_check:
