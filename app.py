@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,7 @@ MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.i
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
+LABEL_SECONDS = 1.0  # during a run, the prediction beside the charts is made again at most this often (and at its end)
 GUIDED_FAST = os.environ.get("PLAYGROUND_GUIDED_FAST") == "1"  # guided experiments at the tests' (fast) settings
 SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
@@ -538,12 +540,34 @@ def prediction(session: Session, x) -> dict | None:
     return dict(top["top"])
 
 
-def view(session: Session, x=None, report=None) -> list:
-    """Everything a training event updates: four charts, the status line, the prediction, the switch readout."""
-    return [*chart_values(session), status_text(session, report), prediction(session, x), switch_readout(session)]
+def view(session: Session, x=None, report=None, label=None) -> list:
+    """Everything a training event updates: four charts, the status line, the prediction, the switch readout.
+    `label`: the prediction if already made (a run makes it at most every LABEL_SECONDS)."""
+    label = prediction(session, x) if label is None else label
+    return [*chart_values(session), status_text(session, report), label, switch_readout(session)]
 
 
 VIEW_CHARTS = (0, 1, 2, 3, 6)  # the outputs of `view` that are charts
+
+
+def sent(values: list, charts_at=VIEW_CHARTS) -> list:
+    """Outputs as gradio should get them: each chart's figure (at the positions `charts_at`) as one line of JSON,
+    which the page's script reads as a whole figure. Gradio walks a dict output node by node, twice, looking for
+    files: for a room's charts that was ~2.6 ms of the server's one Python thread per event; a text it passes on."""
+    return [charts.to_json(v) if i in charts_at and isinstance(v, dict) else v for i, v in enumerate(values)]
+
+
+class RunLabel:
+    """The prediction beside the charts during a run: a forward pass at most every LABEL_SECONDS and at the end,
+    not at every chart update (in a busy room that pass was a sixth of the server's time per update)."""
+
+    def __init__(self, x):
+        self.x, self.value, self.made = x, None, -float("inf")
+
+    def __call__(self, session: Session, end) -> dict | None:
+        if self.x is not None and (end or time.monotonic() - self.made >= LABEL_SECONDS):
+            self.value, self.made = prediction(session, self.x), time.monotonic()
+        return self.value
 
 
 class ChartStreams:
@@ -555,9 +579,9 @@ class ChartStreams:
         self.streams = {i: charts.FigureStream() for i in positions}
 
     def __call__(self, values: list, end) -> list:
-        """`values` with each chart's figure as its stream's text; unchanged if `end` (the report's "end")."""
+        """`values` with each chart's figure as its stream's text; at the `end` (the report's), as a whole figure's."""
         if end:
-            return values
+            return sent(values, self.streams)
         return [self.streams[i].update(v) if i in self.streams else v for i, v in enumerate(values)]
 
 
@@ -613,7 +637,7 @@ def on_load(last_x, request: gr.Request):
     blocks = block_choices(session)
     on = [value for (_, value), s in zip(blocks, session.shortcuts) if s]
     return [
-        *view(session, last_x),
+        *sent(view(session, last_x)),
         gr.update(choices=blocks, value=on),
         all(session.shortcuts),
         gr.update(choices=list(session.data.classes)),
@@ -750,7 +774,7 @@ def step(last_x, request: gr.Request):
     session = POOL.get(learner(request))
     with POOL.compute(learner(request)):
         report = session.step(1)
-    return view(session, last_x, report)
+    return sent(view(session, last_x, report))
 
 
 @user_errors
@@ -758,20 +782,21 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     n = int(n or 0)
     if not 1 <= n <= 10_000:
         raise refuse("bad_n")
-    messages, streams = [], ChartStreams(*VIEW_CHARTS)
+    messages, streams, label = [], ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
         progress((report["total"], n), desc="training", unit="steps")
         messages += report["messages"]
-        yield streams(view(session, last_x, {**report, "messages": messages}), report["end"])
+        shown = view(session, last_x, {**report, "messages": messages}, label(session, report["end"]))
+        yield streams(shown, report["end"])
 
 
 @user_errors
 def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
-    streams = ChartStreams(*VIEW_CHARTS)
+    streams, label = ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
     for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
-        yield streams(view(session, last_x, report), report["end"])
+        yield streams(view(session, last_x, report, label(session, report["end"])), report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 
@@ -780,14 +805,14 @@ def play(last_x, request: gr.Request):
 def pause(last_x, request: gr.Request):
     """Ends Play or Step xN once the turn in flight is over, then shows where training stopped."""
     POOL.stop(learner(request))
-    return view(own_or_shared(request), last_x)
+    return sent(view(own_or_shared(request), last_x))
 
 
 @user_errors
 def set_all_shortcuts(on, last_x, request: gr.Request):
     session = POOL.get(learner(request))
     session.set_shortcut(bool(on))
-    return [*view(session, last_x), [value for _, value in block_choices(session)] if on else []]
+    return [*sent(view(session, last_x)), [value for _, value in block_choices(session)] if on else []]
 
 
 @user_errors
@@ -796,7 +821,7 @@ def set_block_shortcuts(selected, last_x, request: gr.Request):
     with session.lock:
         for i, (_, value) in enumerate(block_choices(session), 1):
             session.set_shortcut(value in (selected or []), i)
-    return [*view(session, last_x), all(session.shortcuts)]
+    return [*sent(view(session, last_x)), all(session.shortcuts)]
 
 
 @user_errors
@@ -850,7 +875,7 @@ def teach_step(last_x, label, layer, request: gr.Request):
     text = say("taught", step=record["step"], label=label, loss=record["loss"])
     figure = translated(charts.gradient_tensor_figure([record["grads"]], layer, titles=(say("this_step"),)))
     bars = translated(charts.grad_norm_bars_figure({say("this_step"): record["grad_norm"]}))
-    return [*view(session, last_x), text, go.Figure(figure), go.Figure(bars)]
+    return [*sent(view(session, last_x)), text, go.Figure(figure), go.Figure(bars)]
 
 
 @user_errors
@@ -1064,6 +1089,9 @@ def new_twins(architecture: str = "ResNet-20", seed: int = 0) -> TwinSession:
     return TwinSession(TrainConfig(seed=seed, eval_every=25, eval_size=300), architecture_config(architecture))
 
 
+TWIN_CHARTS = (0, 1, 2, 3)  # the outputs of `twin_view` that are charts
+
+
 def twin_view(twins: TwinSession, report: dict | None = None) -> list:
     h, revision = twins.histories, id(twins.residual.model)
     lines = [say("twin_status", step=twins.step_count, depth=twins.residual.model_config.depth)]
@@ -1088,23 +1116,23 @@ def twin_start(request: gr.Request):
     start (the twins are built at the first Reset, Step or Play: a look takes no seat)."""
     twins = POOL.peek(twin_key(request))
     if twins is not None:
-        return twin_view(twins)
+        return sent(twin_view(twins), TWIN_CHARTS)
     empty = {"residual": History(2), "plain": History(2)}
     figures = [charts.loss_figure(empty), charts.accuracy_figure(empty), charts.depth_figure(empty),
                charts.routes_figure([])]  # fmt: skip
-    return [*map(translated, figures), say("twin_idle")]
+    return sent([*map(translated, figures), say("twin_idle")], TWIN_CHARTS)
 
 
 @user_errors
 def twin_reset(architecture, seed, request: gr.Request):
     POOL.replace(twin_key(request), new_twins(architecture, int(seed or 0)))
-    return twin_view(POOL.get(twin_key(request)))
+    return sent(twin_view(POOL.get(twin_key(request))), TWIN_CHARTS)
 
 
 @user_errors
 def twin_play(n, request: gr.Request):
     """n twin steps (0: Play until Pause), streamed as the charts' updates."""
-    n, streams = int(n or 0), ChartStreams(0, 1, 2, 3)
+    n, streams = int(n or 0), ChartStreams(*TWIN_CHARTS)
     for twins, report in POOL.train(twin_key(request), steps=n or None, seconds=PLAY_SECONDS, make=new_twins):
         yield streams(twin_view(twins, report), report["end"])
         if report["end"] == "timeout":
@@ -1114,7 +1142,7 @@ def twin_play(n, request: gr.Request):
 @user_errors
 def twin_pause(request: gr.Request):
     POOL.stop(twin_key(request))
-    return twin_view(POOL.get(twin_key(request), new_twins))
+    return sent(twin_view(POOL.get(twin_key(request), new_twins)), TWIN_CHARTS)
 
 
 @user_errors

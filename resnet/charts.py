@@ -302,9 +302,9 @@ class FigureStream:
     def update(self, figure: dict) -> str:
         """The value that shows `figure`: the last text plus a patch line while it fits, else a new base."""
         patch = _patch(self.figure, figure) if self.figure is not None else None
-        line = _json(patch) if patch else ""  # "": nothing changed, the same text, which gradio sends as no edit
+        line = to_json(patch) if patch else ""  # "": nothing changed, the same text, which gradio sends as no edit
         if patch is None or (line and len(self.text) + 1 + len(line) > self.limit):
-            self.text = _json(figure)
+            self.text = to_json(figure)
             self.limit = min(STREAM_MAX, STREAM_GROWTH * len(self.text))
         elif line:
             self.text += "\n" + line
@@ -375,7 +375,7 @@ def _common_prefix(old: list, new: list) -> int:
     return same
 
 
-def _json(value) -> str:
+def to_json(value) -> str:
     """Compact JSON. A non-finite float (an evaluation gone bad) becomes null, as gradio's orjson writes it: NaN
     or Infinity in the text would stop the browser's JSON.parse, and the chart with it."""
     try:

@@ -67,6 +67,7 @@ class SessionPool:
         report_seconds: float = 0.35,
         untrained_seconds: float = 300,
         turn_steps: int = 1,
+        updates_per_second: float | None = None,
     ):
         self.make = make  # builds a fresh session for a new learner
         self.max_sessions = max_sessions  # live sessions at most; the next learner is told to wait
@@ -75,6 +76,9 @@ class SessionPool:
         self.turn_seconds = turn_seconds  # training a run does per hold of a slot (a CPU's turn)
         self.turn_steps = turn_steps  # ... but at least this many steps (a GPU's turn: steps launched, read once)
         self.report_seconds = report_seconds  # training between a run's reports (chart updates, Pause checks)
+        # all runs' reports together at most this many a second (None: no limit): with many learners on Play, each
+        # one's charts move less often, and the web server's one Python thread still answers clicks
+        self.updates_per_second = updates_per_second
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
@@ -232,7 +236,7 @@ class SessionPool:
                 end = "done" if (steps is not None and total >= steps) or report.get("finished") else None
                 if end is None and steps is None and time.monotonic() - start >= seconds:
                     end = "timeout"
-                if end or time.monotonic() - last_report >= self.report_seconds:
+                if end or time.monotonic() - last_report >= self._report_interval():
                     if not self._current(key, token, session):
                         return
                     yield session, {**pending, "total": total, "end": end}
@@ -243,6 +247,11 @@ class SessionPool:
             with self._lock:
                 if self._runs.get(key) is token:
                     del self._runs[key]
+
+    def _report_interval(self) -> float:
+        if self.updates_per_second is None:
+            return self.report_seconds
+        return max(self.report_seconds, self.running() / self.updates_per_second)
 
     def stop(self, key: str) -> None:
         """Pause: end the learner's run; returns once its turn in flight, if any, has finished."""
@@ -267,6 +276,10 @@ class SessionPool:
 # A GPU's turn: steps launched back to back and read once at the end (session.Session.step), so the host prepares
 # the next while the card computes. A batch-64 step is ~1 ms of GPU work: a Step click waits a few ms behind a turn.
 GPU_TURN_STEPS = 8
+# Chart updates a second for the whole room: each costs the web server ~5 ms of its one Python thread (gradio's
+# share and ours, measured on a 2-vCPU Xeon), so 50 take a quarter of it and clicks keep the rest. Alone, a learner's
+# Play updates every report_seconds; with 100 playing, every 2 s.
+ROOM_UPDATES_PER_SECOND = 50
 
 
 def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, **changes) -> SessionPool:
@@ -278,6 +291,7 @@ def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, *
         settings = {"workers": 4, "turn_seconds": 0.0, "turn_steps": GPU_TURN_STEPS}
     else:
         settings = {"workers": 1, "turn_seconds": 0.35}
+    settings["updates_per_second"] = ROOM_UPDATES_PER_SECOND
     return SessionPool(make, max_sessions, idle_seconds, **{**settings, **changes})
 
 

@@ -3,6 +3,7 @@
 Each Client is its own session, so these also check that learners don't see each other's training.
 """
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,12 +21,18 @@ def status_of(outputs) -> str:
     return outputs[4]  # loss, accuracy, grad norm, heatmap charts, then the status line
 
 
+def figure(value) -> dict:
+    """A chart output: the figure as one line of JSON text (what the page's chart script reads)."""
+    assert isinstance(value, str) and "\n" not in value, str(value)[:200]
+    return json.loads(value)
+
+
 def test_step_updates_charts_and_status(client):
     out = client.predict(api_name="/step")
     assert "**Step 1**" in status_of(out)
-    loss = out[0]
+    loss = figure(out[0])
     assert loss["data"][0]["x"] == [1] and np.isfinite(loss["data"][0]["y"][0])
-    grad = out[2]
+    grad = figure(out[2])
     assert {t["name"] for t in grad["data"]} >= {"stem", "block1.conv1", "fc"}
     assert grad["layout"]["yaxis"]["type"] == "log"
 
@@ -61,7 +68,7 @@ def test_switching_shortcuts_is_live_and_marked_on_the_charts(client):
     client.predict(api_name="/step")
     out = client.predict(False, api_name="/all_shortcuts")
     assert "shortcuts on: 0/3" in status_of(out) and out[-1] == []
-    assert any("shortcut off" in a["hovertext"] for a in out[0]["layout"]["annotations"])
+    assert any("shortcut off" in a["hovertext"] for a in figure(out[0])["layout"]["annotations"])
     out = client.predict(["block 2"], api_name="/block_shortcuts")
     assert "shortcuts on: 1/3" in status_of(out) and out[-1] is False
 
@@ -203,9 +210,9 @@ def test_twins_train_side_by_side_and_lesions_chart_both(client):
     assert "**Step 0**" in out[4] and "20 layers" in out[4]
     out = client.predict(2, api_name="/twin_step_n")
     assert "**Step 2**" in out[4] and "plain: training loss" in out[4]
-    names = {t["name"] for t in out[0]["data"]}
+    names = {t["name"] for t in figure(out[0])["data"]}
     assert {"training (residual)", "training (plain)"} <= names
-    assert out[3]["data"]  # gradient routes measured at step 1
+    assert figure(out[3])["data"]  # gradient routes measured at step 1
     lesions = client.predict(api_name="/lesions")
     assert lesions is not None
 
@@ -267,12 +274,12 @@ def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_
 
 def test_charts_at_step_0_say_how_to_start_and_stop_saying_it_after_a_step(client):
     fresh = client.predict(*RESET, api_name="/reset")
-    for figure in fresh[:4]:  # loss, accuracy, gradient norms, heatmap
-        texts = [a["text"] for a in figure["layout"]["annotations"]]
-        assert "Press Step or ▶ Play" in texts and figure["layout"]["xaxis"]["range"] == [0, 100]
+    for fig in map(figure, fresh[:4]):  # loss, accuracy, gradient norms, heatmap
+        texts = [a["text"] for a in fig["layout"]["annotations"]]
+        assert "Press Step or ▶ Play" in texts and fig["layout"]["xaxis"]["range"] == [0, 100]
     stepped = client.predict(api_name="/step")
-    for figure in stepped[:4]:
-        assert "Press Step or ▶ Play" not in [a["text"] for a in figure["layout"]["annotations"]]
+    for fig in map(figure, stepped[:4]):
+        assert "Press Step or ▶ Play" not in [a["text"] for a in fig["layout"]["annotations"]]
 
 
 def test_a_learner_takes_their_run_away_as_csv(client):
@@ -317,7 +324,7 @@ def test_the_twins_tab_shows_axes_and_how_to_start_before_any_twin_exists():
 
     seats = len(app.POOL)
     *figures, status = app.twin_start(SimpleNamespace(session_hash="a page that only looks", headers={}))
-    assert all("Press Step or ▶ Play" in [a["text"] for a in f["layout"]["annotations"]] for f in figures)
+    assert all("Press Step or ▶ Play" in [a["text"] for a in figure(f)["layout"]["annotations"]] for f in figures)
     assert "first click" in status and len(app.POOL) <= seats  # and looking built no twins
 
 
@@ -340,12 +347,12 @@ def test_a_chinese_browser_gets_its_errors_in_chinese(app_url, tmp_path):
 
 def test_a_shortcut_switch_gets_a_before_after_readout_per_layer(client):
     first = client.predict(api_name="/step")
-    assert "Switch a shortcut" in first[6]["layout"]["annotations"][0]["text"]  # nothing to compare yet
+    assert "Switch a shortcut" in figure(first[6])["layout"]["annotations"][0]["text"]  # nothing to compare yet
     client.predict(api_name="/step")
     client.predict(False, api_name="/all_shortcuts")
     client.predict(api_name="/step")
     out = client.predict(api_name="/step")
-    readout = out[6]
+    readout = figure(out[6])
     assert readout["layout"]["title"]["text"].startswith("Switch at step 2: loss")
     before, after = readout["data"]
     assert before["x"] == after["x"] and "stem" in before["x"] and len(before["x"]) >= 8  # one pair per layer

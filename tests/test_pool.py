@@ -204,6 +204,25 @@ def test_a_gpu_pool_launches_turns_of_several_steps_and_a_cpu_pool_turns_by_time
     assert asked == [GPU_TURN_STEPS, GPU_TURN_STEPS, 3] and reports[-1][1]["total"] == GPU_TURN_STEPS * 2 + 3
 
 
+def test_a_busy_room_shares_a_budget_of_chart_updates():
+    # each update costs the web server's one Python thread: four players at once get a quarter of the budget each
+    pool = SessionPool(Stepper, 8, workers=4, turn_seconds=0.0, report_seconds=0.01, updates_per_second=20)
+    counts = {k: 0 for k in "abcd"}
+
+    def play(k):
+        for _ in pool.train(k, seconds=1.0):
+            counts[k] += 1
+
+    threads = [threading.Thread(target=play, args=(k,)) for k in counts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    # 20 a second in all (a run's first report may come before the others have started): ~5 each, not ~100
+    assert sum(counts.values()) <= 20 + 2 * len(counts), counts
+    assert min(counts.values()) >= 3, counts  # and nobody is left without any
+
+
 def test_looking_takes_no_seat_and_a_learner_who_leaves_is_freed_after_the_grace_unless_back():
     pool = SessionPool(Fake, max_sessions=2, idle_seconds=60)
     assert pool.peek("visitor") is None and len(pool) == 0
