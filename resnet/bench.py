@@ -26,6 +26,7 @@ from .pool import GPU_TURN_STEPS, for_device
 from .session import Session, TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "assets" / "bench"  # where a bare --out name is written
+APP_THINK_SECONDS = 3.0  # a workshop's learner between two actions, on average (the load test's --think)
 
 
 def sync(device: torch.device):
@@ -232,12 +233,14 @@ def gpu_check(args) -> dict:
     the notebook loop, the session's step captured (telemetry on and off), eager and compiled, the twins and the
     ceiling; one learner at batch 64 (Play captured, Play eager, Step clicks); a room of 100 learners on the app's
     scheduler (captured on streams of their own, captured on one stream, eager); the app itself with 100 learners
-    (tests/load_test.py); the bf16-vs-float64 agreement. Smaller --batch/--steps/--rounds/--sessions/--seconds make
-    a dry run of it on any device."""
+    (tests/load_test.py), acting back to back and pausing as people do; the bf16-vs-float64 agreement. Smaller
+    --batch/--steps/--rounds/--sessions/--seconds make a dry run of it on any device."""
     device = torch.device("cuda" if args.device == "auto" else args.device)
     batch, steps, rounds = args.batch or 512, args.steps or 20, args.rounds or 7
     learners, seconds = args.sessions or 100, args.seconds if args.seconds is not None else 20
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{device} (a dry run)"
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    args.out = args.out or f"gpu_check_{slug}.json"  # written after each part: a run cut short keeps what it measured
     print(f"{name}, torch {torch.__version__}", flush=True)
     data = load_dataset("shapes", device)
     base = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
@@ -294,13 +297,18 @@ def gpu_check(args) -> dict:
         "room_eager": rooms["eager"],
         **agreement,
     }
-    if args.app:
+    # Through the app: learners who act the moment their last action returned (the stress the issue's targets name),
+    # then learners who pause 0-6 s between actions (3 s on average), as people in a workshop do
+    rooms = {"app_room": ("0", 3 * seconds), "app_room_thinking": (str(APP_THINK_SECONDS), 3 * seconds)}
+    write(result, args.out)
+    for key, (think, length) in rooms.items() if args.app else ():
         try:
-            run = ["--sessions", str(learners), "--seconds", str(3 * seconds), "--timeout", "30", "--deadline", "300"]
-            result["app_room"] = load_test(run)
+            run = ["--sessions", str(learners), "--seconds", str(length), "--think", think, "--timeout", "30"]
+            result[key] = load_test([*run, "--deadline", "300"])
         except Exception as e:  # noqa: BLE001 -- the headless figures above stand without it: keep them, say why
-            result["app_room"] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
-        print(f"through the app, {learners} learners: {json.dumps(result['app_room'])}", flush=True)
+            result[key] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+        print(f"through the app, {learners} learners, think {think} s: {json.dumps(result[key])}", flush=True)
+        write(result, args.out)
     return result
 
 
@@ -446,8 +454,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.gpu_check:
         result = gpu_check(args)
-        slug = "".join(c if c.isalnum() else "_" for c in result["device"].lower()).strip("_")
-        args.out = args.out or f"gpu_check_{slug}.json"
     elif args.room:
         seconds = args.seconds if args.seconds is not None else 20
         result = room(args.sessions or 8, args.batch or 64, seconds, args.device, args.precision)

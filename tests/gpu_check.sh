@@ -27,9 +27,10 @@ python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gra
 timeout 110 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
   tests/test_pool.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
 
-# every figure: batch 512 loops, one learner at batch 64, rooms of 100 (captured, eager), the app with 100 learners
+# every figure: batch 512 loops, one learner at batch 64, rooms of 100 (own streams, one stream, eager), the app with
+# 100 learners acting back to back, then pausing as people do (its JSON is written after each part)
 # shellcheck disable=SC2086 -- GPU_CHECK_ARGS is a list of arguments
-timeout 420 python -m resnet.bench --gpu-check --app ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
+timeout 470 python -m resnet.bench --gpu-check --app ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
   tee "$OUT/gpu_check.txt"
 
 if [ "${PROBES:-0}" = 1 ]; then
