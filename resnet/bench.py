@@ -48,11 +48,11 @@ def each(step):
     return lambda n: [step() for _ in range(n)]
 
 
-def in_turns(session, n: int):
+def in_turns(session, n: int, batch=None):
     """n steps of a session as Play takes them on a GPU: turns of GPU_TURN_STEPS launched back to back, each read
-    once at its end (on a CPU each step is read at once whatever the turn)."""
+    once at its end (on a CPU each step is read at once whatever the turn). `batch`: as Session.step's."""
     for start in range(0, n, GPU_TURN_STEPS):
-        session.step(min(GPU_TURN_STEPS, n - start))
+        session.step(min(GPU_TURN_STEPS, n - start), batch=batch)
 
 
 def interleaved(loops: dict, steps: int, rounds: int, device, warmup: int = 3) -> tuple[dict, dict]:
@@ -263,7 +263,8 @@ def gpu_check(args) -> dict:
 
     one = one_learner(device, steps=max(steps * 5, 10), rounds=rounds)
     print(f"one learner, batch 64: Play {one['steps_s']} steps/s ({one['step_mode']}) against {one['eager_steps_s']} "
-          f"eager: x{one['speedup']}; Step clicks {one['click_steps_s']}/s", flush=True)  # fmt: skip
+          f"eager: x{one['speedup']}; with batches copied in {one['batch_copied_steps_s']}; Step clicks "
+          f"{one['click_steps_s']}/s", flush=True)  # fmt: skip
     rooms = {}
     for kind, changes in (("auto", {}), ("one_stream", {"own_stream": False}), ("eager", {"step_mode": "eager"})):
         r = rooms[kind] = room(learners, 64, seconds, str(device), **changes)
@@ -314,16 +315,22 @@ def gpu_check(args) -> dict:
 
 def one_learner(device, steps: int, rounds: int, batch: int = 64) -> dict:
     """One learner's steps/s at `batch`, interleaved round by round: Play as the app takes it on a GPU (turns of
-    GPU_TURN_STEPS, read once each) with the session's default step (captured on a GPU) and with eager steps, and
-    Step clicks (one step, read at once)."""
+    GPU_TURN_STEPS, read once each) with the session's default step (captured on a GPU, making its own batches),
+    with each batch made by the host and copied in, and with eager steps; and Step clicks (one step, read at once)."""
     config = TrainConfig(batch_size=batch, device=str(device), eval_every=0)
-    default, eager = Session(config), Session(replace(config, step_mode="eager"))
-    loops = {"play": partial(in_turns, default), "eager": partial(in_turns, eager), "click": each(default.step)}
+    default, copied, eager = Session(config), Session(config), Session(replace(config, step_mode="eager"))
+    loops = {
+        "play": partial(in_turns, default),
+        "copied": partial(in_turns, copied, batch=copied.next_batch),
+        "eager": partial(in_turns, eager),
+        "click": each(default.step),
+    }
     times, _ = interleaved(loops, steps, rounds, device, warmup=4)
     rate = {name: statistics.median(steps / t for t in ts) for name, ts in times.items()}
     return {
         "step_mode": default.step_mode,
         "steps_s": round(rate["play"], 1),
+        "batch_copied_steps_s": round(rate["copied"], 1),
         "eager_steps_s": round(rate["eager"], 1),
         "click_steps_s": round(rate["click"], 1),
         "speedup": round(rate["play"] / rate["eager"], 2),

@@ -245,10 +245,23 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     batch, from the global RNG (no generator); a loop of v2.functional crops per image keeps the seed but is slower
     than this gather on the CPU (1.7x, measured) and costs a kernel or two per image and a host sync on a GPU.
     """
+    return shift_and_flip(x, *augment_draws(len(x), x.device, generator))
+
+
+def augment_draws(b: int, device, generator: torch.Generator | None = None, out=(None, None)) -> tuple:
+    """`augment`'s random numbers for a batch of b: crop offsets (2, B, 1) in 0..8 and coins (B, 1) in [0, 1),
+    drawn in this order (into the tensors `out`, if given: a captured step reads them there)."""
+    shifts = torch.randint(0, 9, (2, b, 1), generator=generator, device=device, out=out[0])
+    coins = torch.rand(b, 1, generator=generator, device=device, out=out[1])
+    return shifts, coins
+
+
+def shift_and_flip(x: torch.Tensor, shifts: torch.Tensor, coins: torch.Tensor) -> torch.Tensor:
+    """`augment` given its draws: no random numbers, no host sync (a CUDA graph can hold it)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (4, 4, 4, 4), mode="reflect")  # (B, C, H+8, W+8)
-    dy, dx = torch.randint(0, 9, (2, b, 1), generator=generator, device=x.device)  # crop offsets, (B, 1) each
-    flip = torch.rand(b, 1, generator=generator, device=x.device) < 0.5
+    dy, dx = shifts  # crop offsets, (B, 1) each
+    flip = coins < 0.5
     rows = dy + torch.arange(h, device=x.device)  # (B, H)
     cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1, device=x.device), torch.arange(w, device=x.device))
     where = (rows[:, :, None] * (w + 8) + cols[:, None, :]).view(b, 1, h * w)  # (B, 1, H*W) into each padded plane

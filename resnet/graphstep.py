@@ -2,10 +2,11 @@
 
 On a GPU a batch-64 step is ~1 ms of kernels behind ~8 ms of Python and launches, so the host, not the card, sets a
 workshop's pace. Captured once, the step (the undo snapshot, forward, backward, optimizer, and every statistic the
-divergence guard and the telemetry need, in one buffer) costs the host a copy of the batch and a replay. The guard
-decides on the device too (a step that diverged undoes itself), so the host reads nothing between steps: it reads
-a turn's steps at once, and host and card work side by side. A capture fits one key (input shape, shortcut mask,
-optimizer, telemetry) and is made again when the key changes; the lr lives in a device tensor the graph reads, so
+divergence guard and the telemetry need, in one buffer; and the session's next batch, from its permutation and the
+augmentation's draws) costs the host a few launches and a replay. The guard decides on the device too (a step that
+diverged undoes itself), so the host reads nothing between steps: it reads a turn's steps at once, and host and
+card work side by side. A capture fits one key (input shape, shortcut mask, optimizer, telemetry, whether the batch
+is made or copied in) and is made again when the key changes; the lr lives in a device tensor the graph reads, so
 an lr change needs none. Without capture (`capture=False`) the same code runs eagerly: how CPU tests check
 everything but the capture itself.
 """
@@ -19,6 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .data import augment_draws
 from .undo import Snapshot
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class StepKey(NamedTuple):
     optimizer: int  # the optimizer object's serial (a new optimizer, a reset) ...
     with_state: int  # ... and how many parameters have optimizer state (a projection's first gradient)
     telemetry: bool  # whether the stats buffer holds weight norms and update ratios
+    makes_batch: bool  # the step makes the session's next batch itself (else the batch is copied in)
+    augment: bool  # ... and shifts and flips it
 
 
 def empty_cache() -> None:
@@ -71,8 +75,15 @@ class StaticStep:
         self.key, self.capture = key, capture
         self.with_state = {id(p) for p in session.optimizer.state}
         self.undo = Snapshot(session._live_tensors())  # everything a step changes; the step rewrites it first
-        self.x = torch.empty(key.x_shape, device=session.device).contiguous(memory_format=session.memory_format)
-        self.y = torch.empty(key.x_shape[0], dtype=torch.long, device=session.device)
+        b, device = key.x_shape[0], session.device
+        if key.makes_batch:  # what the host gives a step that makes its own batch: where it starts, the draws
+            self.start = torch.zeros((), dtype=torch.long, device=device)
+            self.arange = torch.arange(b, device=device)
+            draws = (torch.empty((2, b, 1), dtype=torch.long, device=device), torch.empty((b, 1), device=device))
+            self.draws = draws if key.augment else None
+        else:  # the batch itself
+            self.x = torch.empty(key.x_shape, device=device).contiguous(memory_format=session.memory_format)
+            self.y = torch.empty(b, dtype=torch.long, device=device)
         self.stats = None  # (3 + k or 3 + 3k, then 1 if the step stood else 0,) float32, made by the first run
         self.graph = None
         self.runs = 0
@@ -83,13 +94,17 @@ class StaticStep:
         self.undo.take(self.undo.tensors)
         s.optimizer.zero_grad(set_to_none=True)  # backward then writes fresh gradients (captured: into the pool)
         s.model.train()
+        if self.key.makes_batch:  # the session's next batch: its permutation from `start` on, shifted by the draws
+            x, y = s._batch(s._order.index_select(0, self.start + self.arange), self.draws)
+        else:
+            x, y = self.x, self.y
         # autocast's weight cache would hold casts made during capture outside the graph's memory
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16", cache_enabled=False):
-            logits = s.forward(self.x)
-        loss = F.cross_entropy(logits.float(), self.y)
+            logits = s.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         s.optimizer.step()
-        stats = s._stats(self.undo.copies[: len(s.weights)], logits, loss, self.y)
+        stats = s._stats(self.undo.copies[: len(s.weights)], logits, loss, y)
         stands = s._stands(stats)  # () bool
         self.undo.keep_if(stands)
         stats = torch.cat([stats, stands.float()[None]])
@@ -97,10 +112,16 @@ class StaticStep:
             self.stats = torch.empty_like(stats)
         self.stats.copy_(stats)
 
-    def run(self, session, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One step on (x, y); its statistics and whether it stood, as a tensor the host has not waited for."""
-        self.x.copy_(x)
-        self.y.copy_(y)
+    def run(self, session, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on (x, y), or on the session's next batch (a step that makes its own); its statistics and
+        whether it stood, as a tensor the host has not waited for. The host's share: a few launches."""
+        if self.key.makes_batch:
+            self.start.fill_(session._advance())
+            if self.draws is not None:  # drawn here, in the order next_batch draws them: the same numbers
+                augment_draws(len(self.arange), session.device, session.generator, out=self.draws)
+        else:
+            self.x.copy_(x)
+            self.y.copy_(y)
         if self.graph is not None:
             self.graph.replay()
         else:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import graphstep
-from .data import Dataset, augment, load_dataset, normalize
+from .data import Dataset, augment_draws, load_dataset, normalize, shift_and_flip
 from .errors import UserError
 from .graphstep import StaticStep, StepKey
 from .model import ResNet, ResNetConfig, private_rng
@@ -293,20 +293,35 @@ class Session:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of an epoch-wise random permutation, augmented on the device."""
+        start, b = self._advance(), self.config.batch_size
+        draws = augment_draws(b, self.device, self.generator) if self.config.augment else None
+        return self._batch(self._order[start : start + b], draws)
+
+    def _advance(self) -> int:
+        """Where the next batch starts in the epoch's permutation of the training images, drawn anew when what is left
+        of it is shorter than a batch (in place: a captured step reads it)."""
         n, b = len(self.data.train_y), self.config.batch_size
         if self._order is None or self._cursor + b > n:
-            self._order = torch.randperm(n, device=self.device, generator=self.generator)
+            if self._order is None:
+                self._order = torch.randperm(n, device=self.device, generator=self.generator)
+            else:
+                torch.randperm(n, generator=self.generator, out=self._order)
             self._cursor = 0
-        idx = self._order[self._cursor : self._cursor + b]
         self._cursor += b
+        return self._cursor - b
+
+    def _batch(self, idx: torch.Tensor, draws: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images at `idx` (B,), the learner's own mixed in, shifted and flipped by `draws` (None: as
+        they are): (B, 3, 32, 32) float32 in the session's memory format, and (B,) labels. No random numbers and no
+        host sync: a captured step makes its batch with it too."""
         x, y = normalize(self.data.train_x[idx]), self.data.train_y[idx]  # (B, 3, 32, 32) float32, (B,)
         if self._mixed is not None:  # the learner's images take the last places of the batch
             mx, my, left = self._mixed
-            m = min(len(my), b)
+            b, m = len(y), min(len(my), len(y))
             x, y = torch.cat([x[: b - m], mx[:m]]), torch.cat([y[: b - m], my[:m]])
             self._mixed = (mx, my, left - 1) if left > 1 else None
-        if self.config.augment:
-            x = augment(x, self.generator)
+        if draws is not None:
+            x = shift_and_flip(x, *draws)
         return x.contiguous(memory_format=self.memory_format), y
 
     def _live_tensors(self) -> list[torch.Tensor]:
@@ -349,15 +364,16 @@ class Session:
             parts += [weight_norms, ratios]
         return torch.cat([p.float() for p in parts])
 
-    def _static_step(self, x: torch.Tensor) -> StaticStep | None:
-        """The static (on CUDA: captured) step for a batch like x, made when anything it is specific to changed;
+    def _static_step(self, shape: tuple, makes_batch: bool) -> StaticStep | None:
+        """The static (on CUDA: captured) step for a batch of `shape`, made when anything it is specific to changed;
         None where this step must be eager: eager mode (also after a failed capture), the optimizer's first step
-        (its state does not exist yet to be captured), a batch above graphstep.MAX_CAPTURED_BATCH."""
-        if self.step_mode == "eager" or not self.optimizer.state or len(x) > graphstep.MAX_CAPTURED_BATCH:
+        (its state does not exist yet to be captured), a batch above graphstep.MAX_CAPTURED_BATCH. `makes_batch`:
+        the step makes the session's next batch itself (else it is copied in)."""
+        if self.step_mode == "eager" or not self.optimizer.state or shape[0] > graphstep.MAX_CAPTURED_BATCH:
             return None
         key = StepKey(
-            tuple(x.shape), tuple(self.model.shortcuts), self.optimizer_serial, len(self.optimizer.state),
-            self.config.telemetry,
+            shape, tuple(self.model.shortcuts), self.optimizer_serial, len(self.optimizer.state),
+            self.config.telemetry, makes_batch, makes_batch and self.config.augment,
         )  # fmt: skip
         if self._static is None or self._static.key != key:
             self._drop_static()
@@ -383,12 +399,18 @@ class Session:
             return f"an update {stats[2]:.0f}x the size of its layer's weights"
         return None
 
-    def _launch(self, x: torch.Tensor, y: torch.Tensor, static: bool = True) -> tuple:
-        """Start one optimizer step on (x, y). Returns (stats, undo): a static step's statistics as a device tensor
-        not yet read, ending in 1.0 if the step stood (it undid itself on the device if not), with undo None; an
-        eager step's as floats, with what the host must run to undo it if `_records` rejects it.
-        static=False: always eager (a one-off batch, such as the learner's own image, is not worth a capture)."""
-        runner = self._static_step(x) if static else None
+    def _launch(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, static: bool = True) -> tuple:
+        """Start one optimizer step on (x, y), or on the session's next batch if x is None. Returns (stats, undo): a
+        static step's statistics as a device tensor not yet read, ending in 1.0 if the step stood (it undid itself
+        on the device if not), with undo None; an eager step's as floats, with what the host must run to undo it if
+        `_records` rejects it. static=False: always eager (a one-off batch, such as the learner's own image, is not
+        worth a capture). The session's own batches are made inside a static step unless the learner's images are
+        being mixed into them."""
+        makes_batch = x is None and self._mixed is None
+        shape = (self.config.batch_size, *self.data.train_x.shape[1:]) if x is None else tuple(x.shape)
+        runner = self._static_step(shape, makes_batch) if static else None
+        if x is None and (runner is None or not makes_batch):
+            x, y = self.next_batch()
         if runner is None:
             had_state = bool(self.optimizer.state)
             stats = self._eager_stats(x, y)
@@ -401,7 +423,7 @@ class Session:
 
             return stats, undo
         try:
-            stats = runner.run(self, x, y)
+            stats = runner.run(self) if makes_batch else runner.run(self, x, y)
         except torch.OutOfMemoryError:
             runner.restore(self)
             self._drop_static()
@@ -486,7 +508,7 @@ class Session:
         with self.lock, self._on_stream():
             try:
                 for _ in range(int(n)):
-                    stats, undo = self._launch(*(batch or self.next_batch)())
+                    stats, undo = self._launch(*(batch() if batch else ()))
                     launched.append((stats, undo))
                     # read now if this step may be the one an evaluation follows (all launched steps standing)
                     evaluation = every and (self.step_count + len(launched)) // every > self.step_count // every

@@ -16,16 +16,19 @@ import pytest
 import torch
 
 from resnet import graphstep
+from resnet.data import make_shapes
 from resnet.model import cifar_config
 from resnet.session import Session, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# on the CPU wherever a GPU is: these check the step's logic to fp32 rounding (a GPU's "fp32" convolutions are TF32)
+CONFIG = {"batch_size": 16, "eval_every": 0, "precision": "fp32", "device": "cpu"}
+
+
 def session(mode: str, **changes) -> Session:
-    # on the CPU wherever a GPU is: these check the step's logic to fp32 rounding (a GPU's "fp32" convolutions are TF32)
-    config = {"batch_size": 16, "eval_every": 0, "precision": "fp32", "step_mode": mode, "device": "cpu", **changes}
-    return Session(TrainConfig(**config), cifar_config(1, width=8))
+    return Session(TrainConfig(**{**CONFIG, "step_mode": mode, **changes}), cifar_config(1, width=8))
 
 
 def state_of(s: Session) -> dict:
@@ -109,6 +112,33 @@ def test_a_turn_of_static_steps_is_read_once_and_a_diverged_step_in_it_undoes_it
     assert [e["step"] for e in rejected] == [3]  # after step 3, as the eager session records it
     e, s = state_of(eager), state_of(static)
     assert all(torch.allclose(e[k].float(), s[k].float(), rtol=1e-3, atol=1e-4) for k in e)
+
+
+def test_a_static_step_makes_the_very_batches_next_batch_would():
+    # the captured step makes its own batch from the session's permutation and augmentation draws (a few launches
+    # instead of ~20): over epochs, it must see what an eager session is fed, and leave the random stream where
+    # that one does (same seed, same run)
+    data = make_shapes(n_train=40, n_test=20, seed=0)  # an epoch is 2 batches of 16 (and 8 images left over)
+    eager, static = (Session(TrainConfig(**{**CONFIG, "step_mode": m}), cifar_config(1, width=8), data=data)
+                     for m in ("eager", "static"))  # fmt: skip
+    eager.step(7)
+    static.step(7)
+    assert static._static is not None and static._static.key.makes_batch
+    assert static._cursor == eager._cursor and torch.equal(static._order, eager._order)
+    assert torch.equal(static.generator.get_state(), eager.generator.get_state())
+    for a, b in zip(eager.history.steps, static.history.steps):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
+    # the learner's images mixed in: batches copied in for those steps (another capture), then made again
+    x, y = static.next_batch()
+    eager.next_batch()
+    captures = static.captures
+    for s in (eager, static):
+        s.mix_in(x[:2], y[:2], steps=2)
+        s.step(3)
+    assert static.captures == captures + 2 and static._static.key.makes_batch
+    assert torch.equal(static.generator.get_state(), eager.generator.get_state())
+    for a, b in zip(eager.history.steps, static.history.steps):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
 
 
 def test_the_undo_decided_on_the_device_puts_back_every_dtype_even_after_nan():
