@@ -31,13 +31,18 @@ WARMUP_STEPS = 2
 # A graph keeps the memory of its largest step for as long as it lives: above this batch a step is GPU-bound anyway
 # (launches are a small part of it), so it stays eager and its memory goes back to the shared cache after each step.
 MAX_CAPTURED_BATCH = 512
-# One capture at a time, on a stream only captures use: torch.cuda.Stream() hands out streams from a small shared
-# pool, and another learner's work on a stream being captured would be recorded into this graph (or break it).
-# Replays and eager steps run on the default stream, which a capture on a non-blocking stream does not wait for.
+# One capture at a time, on a stream only captures use: another learner's work on a stream being captured would be
+# recorded into this graph (or break it). torch.cuda.Stream() hands out 32 pooled streams per priority in turn, and
+# each session trains on one of the normal-priority pool (Session._on_stream; with more than 32 learners some share
+# one), so captures take theirs from the high-priority pool, which no session draws from. (A replay runs at the
+# priority of the stream it is launched on, the session's.) Non-blocking, neither waits for the default stream.
 # The lock also covers what must not run during another thread's capture: freeing a graph, emptying the cache.
 _capture_lock = threading.Lock()
 _capture_streams: dict[int, torch.cuda.Stream] = {}
 _broken: str | None = None  # a capture failed: torch may think one is still under way, so no more are made
+# graphs whose step was dropped with its session (the pool frees a departed learner's by reference counting, under
+# no lock of ours): kept here until the next capture or empty_cache frees them under the lock
+_retired: list = []
 # cuBLAS keeps one workspace per stream; made during the first capture on the capture stream, it would live in that
 # graph's memory and every later graph would use it too, and freeing that graph frees it under them (pytorch issue
 # 193402). Without a workspace there is nothing to share: only the final linear layer's small GEMM uses cuBLAS here.
@@ -62,7 +67,13 @@ class StepKey(NamedTuple):
 def empty_cache() -> None:
     """torch.cuda.empty_cache(), never during another thread's capture (torch asserts that none is under way)."""
     with _capture_lock:
+        _retired.clear()
         torch.cuda.empty_cache()
+
+
+def training_stream(device: torch.device) -> torch.cuda.Stream:
+    """A stream for a session to train on: one of torch's pooled normal-priority streams, never a capture's."""
+    return torch.cuda.Stream(device)
 
 
 class StaticStep:
@@ -112,11 +123,12 @@ class StaticStep:
             self.stats = torch.empty_like(stats)
         self.stats.copy_(stats)
 
-    def run(self, session, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        """One step on (x, y), or on the session's next batch (a step that makes its own); its statistics and
-        whether it stood, as a tensor the host has not waited for. The host's share: a few launches."""
+    def run(self, session, x: torch.Tensor | None = None, y: torch.Tensor | None = None, start: int = 0):
+        """One step on (x, y), or (a step that makes its batch) on the session's next batch, which begins at `start`
+        in its permutation; its statistics and whether it stood, as a tensor the host has not waited for. The
+        host's share: a few launches."""
         if self.key.makes_batch:
-            self.start.fill_(session._advance())
+            self.start.fill_(start)
             if self.draws is not None:  # drawn here, in the order next_batch draws them: the same numbers
                 augment_draws(len(self.arange), session.device, session.generator, out=self.draws)
         else:
@@ -143,8 +155,9 @@ class StaticStep:
                 return
             try:
                 caller = torch.cuda.current_stream(device)
+                _retired.clear()
                 if device.index not in _capture_streams:
-                    _capture_streams[device.index] = torch.cuda.Stream(device)
+                    _capture_streams[device.index] = torch.cuda.Stream(device, priority=-1)
                 stream = _capture_streams[device.index]
                 stream.wait_stream(caller)  # the warm-up steps' work comes first
                 graph = torch.cuda.CUDAGraph()
@@ -175,6 +188,10 @@ class StaticStep:
         state = session.optimizer.state
         for p in [p for p in state if id(p) not in self.with_state]:
             del state[p]
+
+    def __del__(self):
+        if self.graph is not None:  # dropped with its session, not closed: free the graph under the lock, later
+            _retired.append(self.graph)
 
     def close(self, session) -> None:
         """Let go of the graph and its memory pool (its gradients with it); under the capture lock, as freeing a

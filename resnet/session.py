@@ -148,7 +148,8 @@ class Session:
         self.precision = pick_precision(self.config.precision, self.device)
         self.step_mode = pick_step_mode(self.config.step_mode, self.device, self.config.compile)
         self.captures = 0  # static steps made (on CUDA: graphs captured), for the bench and the tests
-        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and self.config.own_stream else None
+        own = self.device.type == "cuda" and self.config.own_stream
+        self.stream = graphstep.training_stream(self.device) if own else None
         self._static: StaticStep | None = None
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
@@ -259,15 +260,20 @@ class Session:
     # --- training --------------------------------------------------------------------------------------------
     @contextmanager
     def _on_stream(self):
-        """Run the block's GPU work on the session's own stream, after whatever was queued before it. Callers end
-        it with a host read (the steps' statistics), so nothing it launched is still running when it returns: a
-        tensor it freed can go to any stream's work, and what others queue later sees its results."""
+        """Run the block's GPU work on the session's own stream, after whatever the caller's stream queued before
+        it; and the caller's stream's later work after the block's (most blocks end with a host read anyway, but
+        not an undo after a rejected step or an out-of-memory error): a prediction then reads finished weights, and
+        memory the block used is reused only after it."""
         if self.stream is None:
             yield
             return
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            yield
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -411,6 +417,8 @@ class Session:
         runner = self._static_step(shape, makes_batch) if static else None
         if x is None and (runner is None or not makes_batch):
             x, y = self.next_batch()
+        elif x is None:
+            start = self._advance()  # before the try below: an error here has not touched the weights
         if runner is None:
             had_state = bool(self.optimizer.state)
             stats = self._eager_stats(x, y)
@@ -423,7 +431,7 @@ class Session:
 
             return stats, undo
         try:
-            stats = runner.run(self) if makes_batch else runner.run(self, x, y)
+            stats = runner.run(self, start=start) if makes_batch else runner.run(self, x, y)
         except torch.OutOfMemoryError:
             runner.restore(self)
             self._drop_static()
@@ -492,8 +500,9 @@ class Session:
 
         def settle():
             nonlocal done, last
-            records = self._records(launched)
-            launched.clear()
+            reading = launched[:]
+            launched.clear()  # read once, even if reading them fails
+            records = self._records(reading)
             for record in records:
                 if "rejected" in record:
                     messages.append(record["rejected"])
@@ -599,8 +608,9 @@ class Session:
 
     def mix_in(self, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> None:
         """Put the learner's labelled image(s) into each of the next `steps` training batches."""
-        with self.lock:
-            self._mixed = (x.to(self.device), y.to(self.device), int(steps))
+        # copies made on the session's stream, which frees them when it has made their last batch
+        with self.lock, self._on_stream():
+            self._mixed = (x.to(self.device, copy=True), y.to(self.device, copy=True), int(steps))
             self.history.add_event(self.step_count, "teach", f"your image mixed into the next {steps} batches")
 
     def summary(self) -> dict:

@@ -141,6 +141,30 @@ def test_a_static_step_makes_the_very_batches_next_batch_would():
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
 
 
+def test_an_error_making_a_turns_next_batch_leaves_the_steps_before_it_standing(monkeypatch):
+    # out of memory drawing the next epoch's permutation, mid-turn: the steps launched before it count and stand
+    data = make_shapes(n_train=40, n_test=20, seed=0)  # an epoch is 2 batches of 16
+    s = Session(TrainConfig(**{**CONFIG, "step_mode": "static"}), cifar_config(1, width=8), data=data)
+    s.step(3)  # the eager first step, the warm-ups; the next epoch starts at the 5th step
+    randperm = torch.randperm
+
+    def out_of_memory(*args, **kw):
+        if "out" in kw:  # the epoch's permutation drawn anew, in place
+            raise torch.OutOfMemoryError("simulated")
+        return randperm(*args, **kw)
+
+    monkeypatch.setattr(torch, "randperm", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        s.step(4)
+    monkeypatch.setattr(torch, "randperm", randperm)
+    assert s.step_count == 4 and [r["step"] for r in s.history.steps] == [1, 2, 3, 4]
+    # the 4th step's weights are there, not the 3rd's: as in the same run without the error
+    replay = Session(TrainConfig(**{**CONFIG, "step_mode": "static"}), cifar_config(1, width=8), data=data)
+    replay.step(4)
+    after = state_of(s)
+    assert all(torch.allclose(after[k].float(), v.float(), rtol=1e-5, atol=1e-6) for k, v in state_of(replay).items())
+
+
 def test_the_undo_decided_on_the_device_puts_back_every_dtype_even_after_nan():
     from resnet.undo import Snapshot
 
@@ -206,6 +230,19 @@ def test_a_session_with_a_static_step_is_freed_by_reference_counting():
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_graph_dropped_with_its_session_is_freed_under_the_capture_lock_later(monkeypatch):
+    # freeing a graph while another learner's is being captured would pull memory from under that capture: a graph
+    # dropped with its session (a learner leaves) waits for the next capture or empty_cache, which hold the lock
+    monkeypatch.setattr(graphstep, "_retired", [])
+    s = session("static")
+    s.step(3)
+    graph = s._static.graph = object()  # as a captured step holds its graph
+    del s
+    assert graphstep._retired == [graph]
+    graphstep.empty_cache()
+    assert graphstep._retired == []
 
 
 def test_a_big_batch_is_stepped_eagerly():
@@ -288,3 +325,14 @@ def test_learners_training_at_once_on_their_own_streams_train_as_one_alone():
         # the same seed, the same run (cuDNN may pick other kernels under load: their rounding, no more)
         assert losses[i] == pytest.approx(expected, rel=1e-3), i
     assert [e["step"] for e in room[0].history.evals] == [5, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_no_learner_trains_on_the_stream_captures_use():
+    # torch hands out 32 pooled streams per priority in turn: a room of more than 32 learners shares them, and a
+    # learner stepping on the capture stream during another's capture would be recorded into that graph
+    s = Session(TrainConfig(batch_size=64, eval_every=0))
+    s.step(4)  # a capture: the capture stream exists
+    capture = graphstep._capture_streams[s.device.index]
+    room = [Session(TrainConfig(batch_size=8, eval_every=0)) for _ in range(40)]
+    assert all(r.stream != capture for r in room + [s]) and len({r.stream for r in room}) > 1
