@@ -270,12 +270,13 @@ def test_eager_everywhere_but_cuda_by_default():
         session("fast")
 
 
-def test_every_promise_of_a_session_and_its_twins_holds_on_the_static_step():
+def test_every_promise_of_a_session_its_twins_and_the_guided_experiments_holds_on_the_static_step():
     # their whole test files again, every session stepping through the graph's body instead of eagerly: undo of
-    # divergent and out-of-memory steps, telemetry, evaluation, teach, mixing in, same seed same run, the twins
+    # divergent and out-of-memory steps, telemetry, evaluation, teach, mixing in, same seed same run, the twins, the
+    # guided experiments' claims, predictions
     tests = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)]), "CUDA_VISIBLE_DEVICES": ""}
-    files = ["tests/test_session.py", "tests/test_twin.py"]
+    files = ["tests/test_session.py", "tests/test_twin.py", "tests/test_guided.py", "tests/test_inference.py"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "static_step_plugin", *files],
         cwd=tests.parent, env=env, capture_output=True, text=True, timeout=600,
