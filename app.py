@@ -527,7 +527,9 @@ def translated(figure: dict) -> dict:
     return charts.translate(figure, LANG.get())
 
 
-PREDICTIONS = inference.Predictions()  # recent predictions with their feature maps, per model version and image
+# recent predictions with their feature maps, per model version and image; their folder is served as it is (a
+# static path: gradio neither hashes nor copies its files into its cache, ~9 files a prediction)
+PREDICTIONS = inference.Predictions(folder=Path(tempfile.mkdtemp(prefix="playground-features-")))
 
 
 def prediction(session: Session, x) -> dict | None:
@@ -1154,7 +1156,7 @@ def twin_lesions(request: gr.Request):
 
 def build_demo() -> gr.Blocks:
     """The page: training controls and live charts on top, then a tab per activity."""
-    gr.set_static_paths([PLOTLY_JS, ASSETS])
+    gr.set_static_paths([PLOTLY_JS, ASSETS, PREDICTIONS.folder])
     with gr.Blocks(title="ResNet Playground") as demo:
         last_x = gr.State(None)  # the learner's latest image as the network's (1, 3, 32, 32) input
         gr.Markdown(I18N("title"))

@@ -129,9 +129,9 @@ class Predictions:
 
     def predict(self, session, x: torch.Tensor, k: int = 5) -> dict:
         """{"top": [(class, prob)] * k, "features": [(png path, block name)], "picture": png path} of `session`'s
-        model as it is now; the picture is x as the net sees it, 32x32. Files of our own, never rewritten: the web
-        server copies them into its cache atomically, where two learners' identical arrays saved by gradio at
-        the same moment would be written over one another while being read."""
+        model as it is now; the picture is x as the net sees it, 32x32. Files of our own, never rewritten (the app
+        serves them as they are): two learners' identical arrays saved by gradio at the same moment would be
+        written over one another while being read."""
         digest = hashlib.blake2b(x.detach().cpu().float().numpy().tobytes(), digest_size=16).hexdigest()
         with session.lock:  # the version and the prediction belong together: no step comes between them
             key = (session.version, digest, k)
@@ -151,7 +151,7 @@ class Predictions:
             self._kept[key] = kept
             while len(self._kept) > self.size:
                 for path in self._files(self._kept.popitem(last=False)[1]):
-                    Path(path).unlink(missing_ok=True)  # the web server has copied it to its own cache
+                    Path(path).unlink(missing_ok=True)  # 256 predictions ago: its page fetched it long since
         return kept
 
     @staticmethod
