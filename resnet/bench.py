@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import graphstep
 from .data import load_dataset, normalize
 from .notebook import NotebookResNet
 from .pool import GPU_TURN_STEPS, for_device
@@ -363,6 +364,9 @@ def room(
     config = TrainConfig(
         batch_size=batch, device=device, precision=precision, eval_every=0, step_mode=step_mode, own_stream=own_stream
     )
+    if torch.cuda.is_available():  # this room's memory alone: not the graphs and cache an earlier room left
+        graphstep.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     learners = [Session(replace(config, seed=i)) for i in range(sessions)]
     for s in learners:  # allocation, kernel choice and (on a GPU) the capture: not part of a room's rhythm
         s.step(4 if s.step_mode == "graph" else 1)
@@ -411,6 +415,8 @@ def room(
         "session_turns": [len(ts) for ts in times],
         "session_wait_p50_ms": p50,
         "session_wait_p95_ms": p95,
+        # the card's memory at its peak in this room (graphs included): what a room of this size needs
+        **({"gpu_peak_mib": round(torch.cuda.max_memory_reserved() / 2**20)} if torch.cuda.is_available() else {}),
     }
 
 

@@ -41,7 +41,8 @@ _capture_lock = threading.Lock()
 _capture_streams: dict[int, torch.cuda.Stream] = {}
 _broken: str | None = None  # a capture failed: torch may think one is still under way, so no more are made
 # graphs whose step was dropped with its session (the pool frees a departed learner's by reference counting, under
-# no lock of ours): kept here until the next capture or empty_cache frees them under the lock
+# no lock of ours): kept here until free_retired (the pool, once it has let sessions go), the next capture or
+# empty_cache frees them under the lock
 _retired: list = []
 # cuBLAS keeps one workspace per stream; made during the first capture on the capture stream, it would live in that
 # graph's memory and every later graph would use it too, and freeing that graph frees it under them (pytorch issue
@@ -69,6 +70,13 @@ def empty_cache() -> None:
     with _capture_lock:
         _retired.clear()
         torch.cuda.empty_cache()
+
+
+def free_retired() -> None:
+    """Free the graphs of sessions dropped since the last capture (their memory back to the shared cache)."""
+    if _retired:
+        with _capture_lock:
+            _retired.clear()
 
 
 def training_stream(device: torch.device) -> torch.cuda.Stream:

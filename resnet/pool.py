@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from . import graphstep
 from .errors import UserError
 from .session import merge_reports
 
@@ -319,6 +320,7 @@ def release_memory() -> None:
     and a workshop server would look like it leaks. No gc.collect(): a session is freed by reference counting the
     moment the pool drops it, and a full collection of the server's ~500k objects holds the GIL for ~250 ms,
     stalling every learner's requests each time one leaves."""
+    graphstep.free_retired()  # the departed learners' CUDA graphs (kept until no capture can be under way)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim

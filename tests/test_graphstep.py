@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet import graphstep
+from resnet import graphstep, pool
 from resnet.data import make_shapes
 from resnet.model import cifar_config
 from resnet.session import Session, TrainConfig
@@ -234,14 +234,15 @@ def test_a_session_with_a_static_step_is_freed_by_reference_counting():
 
 def test_a_graph_dropped_with_its_session_is_freed_under_the_capture_lock_later(monkeypatch):
     # freeing a graph while another learner's is being captured would pull memory from under that capture: a graph
-    # dropped with its session (a learner leaves) waits for the next capture or empty_cache, which hold the lock
+    # dropped with its session (a learner leaves) waits for the pool's next release of memory (or the next capture,
+    # or empty_cache), which take the lock
     monkeypatch.setattr(graphstep, "_retired", [])
     s = session("static")
     s.step(3)
     graph = s._static.graph = object()  # as a captured step holds its graph
     del s
     assert graphstep._retired == [graph]
-    graphstep.empty_cache()
+    pool.release_memory()  # what the pool does when it has freed a departed learner's session
     assert graphstep._retired == []
 
 
