@@ -301,7 +301,7 @@ def gpu_check(args) -> dict:
     }
     # Through the app: learners who act the moment their last action returned (the stress the targets name),
     # then learners who pause 0-6 s between actions (3 s on average), as people in a workshop do
-    rooms = {"app_room": ("0", 3 * seconds), "app_room_thinking": (str(APP_THINK_SECONDS), 3 * seconds)}
+    rooms = {"app_room": ("0", 3 * seconds), "app_room_thinking": (str(APP_THINK_SECONDS), 2 * seconds)}
     write(result, args.out)
     for key, (think, length) in rooms.items() if args.app else ():
         try:
