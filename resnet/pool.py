@@ -4,7 +4,8 @@ Each learner gets their own session (a `Session` or a `TwinSession`), found by a
 freed when they leave or after an idle limit; at most `max_sessions` live at once. Training takes one of the
 hardware's `workers` slots for a turn of steps, first come first served, and a single Step goes ahead of Play's
 turns, so a click waits behind at most the turns already running. `train()` is the one Play / Step xN loop: a
-learner has at most one run at a time, and Pause, a second Play, Reset or closing the tab ends it.
+learner has at most one run at a time, and Pause, a second Play, Reset or closing the tab ends it; its reports
+(chart updates) share a budget per second across the room. `for_device` says how a CPU and a GPU are shared.
 """
 
 import ctypes
@@ -277,10 +278,10 @@ class SessionPool:
 # A GPU's turn: steps launched back to back and read once at the end (session.Session.step), so the host prepares
 # the next while the card computes. A batch-64 step is ~1 ms of GPU work: a Step click waits a few ms behind a turn.
 GPU_TURN_STEPS = 8
-# Chart updates a second for the whole room: each costs the web server ~5 ms of its one Python thread (gradio's
-# share and ours, measured on a 2-vCPU Xeon), so 50 take a quarter of it and clicks keep the rest. Alone, a learner's
-# Play updates every report_seconds; with 100 playing, every 2 s.
-ROOM_UPDATES_PER_SECOND = 50
+# Chart updates a second for the whole room: each costs the web server ~10 ms of its one Python thread (gradio's
+# share and ours; a 2-vCPU Xeon, training stubbed), so 40 take ~40% of it and clicks keep the rest. Alone, a learner's
+# Play updates every report_seconds; with 32 playing, every 0.8 s; with 100, every 2.5 s.
+ROOM_UPDATES_PER_SECOND = 40
 
 
 def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, **changes) -> SessionPool:
