@@ -8,11 +8,14 @@ import base64
 import binascii
 import contextvars
 import functools
+import gc
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +28,7 @@ import plotly
 import plotly.graph_objects as go
 import torch
 
-from resnet import charts, checkpoint, graphstep, guided, inference, runlog, zipdata
+from resnet import charts, checkpoint, front, graphstep, guided, inference, runlog, zipdata
 from resnet.data import DATASETS
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
@@ -41,6 +44,9 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # s
 # learners training at once (a visitor who only looks or predicts takes no seat); the next one is asked to wait.
 # A GPU serves a room of 100 at step granularity; 2 CPU cores answer 30, slowly (README: the load test)
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.is_available() else 32))
+# app processes behind one port (resnet.front): on a GPU, one process's GIL, not the card, is what limits a room
+PROCESSES = int(os.environ.get("PLAYGROUND_PROCESSES", front.default_processes(torch.cuda.is_available())))
+BEHIND_FRONT = bool(os.environ.get("PLAYGROUND_PROCESS"))  # one of the front's processes: it holds a share of seats
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long
@@ -398,7 +404,7 @@ def live_chart(elem_id: str) -> gr.HTML:
         value=None,
         html_template='<div class="live-chart" style="width:100%;height:300px"></div>',
         js_on_load=CHART_JS,
-        head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
+        head=f'<script src="gradio_api/file={PLOTLY_JS}"></script>',  # relative: under the front's /k/ too
         elem_id=elem_id,
         padding=False,
     )
@@ -422,7 +428,8 @@ def first_session() -> Session:
 
 
 DEVICE = pick_device()
-POOL = for_device(DEVICE, first_session, MAX_SESSIONS, IDLE_SECONDS)
+SEATS = math.ceil(MAX_SESSIONS / PROCESSES) if BEHIND_FRONT else MAX_SESSIONS
+POOL = for_device(DEVICE, first_session, SEATS, IDLE_SECONDS)
 
 
 def user_errors(fn):
@@ -1423,5 +1430,13 @@ def warm_up() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    warm_up()
-    launch(build_demo())
+    if PROCESSES > 1 and not BEHIND_FRONT:
+        host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+        front.serve([sys.executable, __file__], PROCESSES, host, port)
+    else:
+        warm_up()
+        demo = build_demo()
+        # what is loaded by now (torch, gradio, the page: ~540k objects) is never garbage: full collections skip it
+        # (one took 190 ms of a 2-vCPU Xeon with the GIL held, stalling every learner; frozen, ~0)
+        gc.freeze()
+        launch(demo)

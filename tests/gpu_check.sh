@@ -23,6 +23,18 @@ python -m pip install -q --break-system-packages --no-index --no-deps .device/wh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_card.txt"
 python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gradio.__version__)" | tee -a "$OUT/gpu_card.txt"
 
+PART=${PART:-all}  # all; or rooms: only the app's rooms (the load test, against the app's own processes)
+if [ "$PART" = rooms ]; then
+  # 100 learners acting back to back for 60 s, then pausing 3 s on average for 40 s (an idle limit over their pauses)
+  # shellcheck disable=SC2086 -- ROOM_ARGS is a list of arguments
+  timeout 200 python tests/load_test.py --sessions 100 --seconds 60 --timeout 30 --deadline 190 ${ROOM_ARGS:-} \
+    --out "$OUT/app_room.json" 2>&1 | tail -40 | tee "$OUT/app_room.txt"
+  # shellcheck disable=SC2086
+  timeout 170 python tests/load_test.py --sessions 100 --seconds 40 --think 3 --idle-seconds 20 --timeout 30 \
+    --deadline 160 ${ROOM_ARGS:-} --out "$OUT/app_room_thinking.json" 2>&1 | tail -40 | tee "$OUT/app_room_thinking.txt"
+  exit 0
+fi
+
 # the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~1 minute
 # (not the static-step rerun: it runs on the CPU, as in CI)
 timeout 110 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \

@@ -162,6 +162,51 @@ def connect(url: str, timeout: float = 60):
     return Client(url, verbose=False, ssl_verify=TLS, httpx_kwargs=kwargs)  # httpx takes a context as verify=
 
 
+def placed(url: str) -> str:
+    """Where a browser opening `url` lands: a workshop front (resnet.front) sends each new page to one of its app
+    processes, /1/, /2/, ...; an app of one process answers itself."""
+    from urllib.parse import urljoin
+
+    import httpx
+
+    answer = httpx.get(url, follow_redirects=False, timeout=30, trust_env=False)
+    return urljoin(url, answer.headers["location"]) if answer.is_redirect else url
+
+
+def processes(url: str) -> list[str]:
+    """The app processes behind `url`: a front's, from its /processes; else the app itself."""
+    from urllib.parse import urljoin
+
+    import httpx
+
+    try:
+        answer = httpx.get(urljoin(url, "processes"), timeout=10, trust_env=False)
+        return [urljoin(url, p["path"]) for p in answer.json()] if answer.status_code == 200 else [url]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return [url]
+
+
+class Monitor:
+    """The room at a glance (/room) from every app process, added up; each process's answer is timed."""
+
+    def __init__(self, url: str, timeout: float):
+        self.clients, self.timeout = [connect(u, timeout) for u in processes(url)], timeout
+
+    def room(self, times: list | None = None) -> dict:
+        total: dict[str, int] = {}
+        for client in self.clients:
+            t = time.perf_counter()
+            room = call(client, api_name="/room", timeout=self.timeout)
+            if times is not None:
+                times.append((time.perf_counter() - t) * 1000)
+            total = {k: total.get(k, 0) + v for k, v in room.items()}
+        return total
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 def call(client, *args, api_name: str, timeout: float):
     """client.predict with a deadline: a request that gets no answer in `timeout` s is cancelled and raises."""
     job = client.submit(*args, api_name=api_name)
@@ -203,10 +248,13 @@ def note_trace(action: str) -> None:
 
 
 class Learner(threading.Thread):
-    def __init__(self, url: str, seconds: float, seed: int, timeout: float = 60, think: float = 0.0):
+    def __init__(
+        self, url: str, seconds: float, seed: int, timeout: float = 60, think: float = 0.0, idle_seconds: float = 1e9
+    ):
         super().__init__(daemon=True)
         self.url, self.seconds, self.rng, self.timeout, self.think = url, seconds, random.Random(seed), timeout, think
-        self.step_ms, self.predict_ms, self.errors, self.cross_talk = [], [], [], 0
+        self.step_ms, self.predict_ms, self.errors, self.cross_talk, self.swept = [], [], [], 0, 0
+        self.idle_seconds = idle_seconds  # the app's idle limit: a longer gap between touches may free the session
         self.actions, self.connect_s, self.device, self.client = 0, None, None, None
         self.previous = "start"  # the action before, to explain a cross-talk count
         self.ready = threading.Event()  # set up (or failed to): the run's baseline waits for the first learner
@@ -235,7 +283,7 @@ class Learner(threading.Thread):
 
     def set_up(self) -> int:
         t = time.perf_counter()
-        self.client = connect(self.url, self.timeout)
+        self.client = connect(placed(self.url), self.timeout)
         self.connect_s = time.perf_counter() - t
         self.call(api_name="/load")
         out = self.call(*self.reset_args(), api_name="/reset")
@@ -255,17 +303,23 @@ class Learner(threading.Thread):
                 emit(f"READY {self.connect_s}")
         self.ready.set()
         end = time.monotonic() + self.seconds
+        # when the server last saw this learner at the latest (the last request's start), and whether a gap since
+        # the last Step was longer than the app's idle limit: the session may have been freed, and a fresh one made
+        touched, lapsed = time.monotonic(), False
         while time.monotonic() < end:
             action = self.rng.choice(
                 ["step", "step", "predict", "predict", "play", "shortcut", "lr", "reset_in_play", "load_in_play"]
             )
+            asked = time.monotonic()
             try:
                 if action == "step":
                     now = step_of(self.timed(self.step_ms, api_name="/step"))
-                    if now not in (count + 1, count):  # +0: the step was rejected
+                    if now == 1 and count > 0 and (lapsed or time.monotonic() - touched > self.idle_seconds):
+                        self.swept += 1  # not another's step: this learner's session was freed as idle
+                    elif now not in (count + 1, count):  # +0: the step was rejected
                         self.cross_talk += 1
                         emit(f"cross-talk? expected step {count + 1}, got {now} (after {self.previous})")
-                    count = now
+                    count, lapsed = now, False
                 elif action == "predict":
                     image = self.rng.choice(EXAMPLES)
                     self.timed(self.predict_ms, handle_file(str(image)), api_name="/predict_image")
@@ -278,7 +332,8 @@ class Learner(threading.Thread):
             except Exception as e:  # noqa: BLE001
                 self.errors.append(f"{action}: {type(e).__name__}: {e}")
                 note_trace(action)
-            self.previous = action
+            lapsed = lapsed or (action != "step" and time.monotonic() - touched > self.idle_seconds)
+            self.previous, touched = action, asked
             self.actions += 1
             if self.think:
                 time.sleep(self.rng.uniform(0, 2 * self.think))
@@ -320,6 +375,7 @@ class Learner(threading.Thread):
             "predict_ms": self.predict_ms,
             "errors": self.errors,
             "cross_talk": self.cross_talk,
+            "swept": self.swept,
             "actions": self.actions,
             "connect_s": self.connect_s,
             "device": self.device,
@@ -327,12 +383,12 @@ class Learner(threading.Thread):
         }
 
 
-def worker(url: str, seconds: float, seeds: list[int], timeout: float, think: float) -> None:
+def worker(url: str, seconds: float, seeds: list[int], timeout: float, think: float, idle_seconds: float) -> None:
     """--worker: some learners in a process of their own; Play counts and readiness as lines while they go, then
     their numbers as one RESULT line. Ends within its own deadline, whatever the learners do."""
     IN_WORKER[0] = True
     began, cpu = time.monotonic(), time.process_time()
-    learners = [Learner(url, seconds, seed=s, timeout=timeout, think=think) for s in seeds]
+    learners = [Learner(url, seconds, s, timeout, think, idle_seconds) for s in seeds]
     for learner in learners:
         learner.start()
     hard = time.monotonic() + seconds + 3 * timeout + 20  # set up, learn, a last action (its parent waits 10 s more)
@@ -348,10 +404,13 @@ def worker(url: str, seconds: float, seeds: list[int], timeout: float, think: fl
 class Worker:
     """The parent's end of a --worker process: counts its Plays and ready learners, keeps its RESULT."""
 
-    def __init__(self, index: int, url: str, seconds: float, seeds: list[int], timeout: float, think: float):
+    def __init__(
+        self, index: int, url: str, seconds: float, seeds: list[int], timeout: float, think: float, idle_seconds: float
+    ):
         self.index, self.seeds, self.ready, self.connects, self.result = index, seeds, 0, [], None
         argv = [sys.executable, "-u", str(Path(__file__).resolve()), "--worker", "--url", url]
         argv += ["--seconds", str(seconds), "--timeout", str(timeout), "--think", str(think)]
+        argv += ["--idle-seconds", str(idle_seconds)]
         argv += ["--seeds", ",".join(map(str, seeds)), "--client-poll-ms", str(CLIENT_POLL_MS)]
         env = dict(os.environ)
         quiet_local_env(env)
@@ -415,7 +474,12 @@ def log_errors(path: str | None) -> dict:
 
 
 def start_server(
-    port: int, idle_seconds: float, play_seconds: float = 30, seats: int | None = None, timeout: float = 120
+    port: int,
+    idle_seconds: float,
+    play_seconds: float = 30,
+    seats: int | None = None,
+    timeout: float = 120,
+    app_processes: int | None = None,
 ) -> subprocess.Popen:
     """`python app.py` on `port`, once it answers its config; its output goes to a log file. Fails at once, with
     the log's tail, if the app exits, and after `timeout` s if it never answers."""
@@ -431,6 +495,8 @@ def start_server(
     env.setdefault("HF_HUB_OFFLINE", "1")  # the load test never needs the Hub: a call to it fails at once, not later
     if seats is not None:
         env["PLAYGROUND_MAX_SESSIONS"] = str(seats)
+    if app_processes is not None:
+        env["PLAYGROUND_PROCESSES"] = str(app_processes)
     path = os.path.join(tempfile.gettempdir(), f"resnet-load-test-{port}.log")
     log(f"starting the app on port {port} (log: {path}), waiting up to {timeout:.0f} s")
     with open(path, "w") as out:
@@ -445,8 +511,10 @@ def start_server(
             raise RuntimeError(f"the app exited with code {server.returncode} while starting; its log:\n{tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/config", timeout=5, trust_env=False).status_code == 200:
-                log(f"the app answers after {time.monotonic() - started:.1f} s")
-                return server
+                front = httpx.get(f"http://127.0.0.1:{port}/processes", timeout=5, trust_env=False)
+                if front.status_code != 200 or all(p["ready"] for p in front.json()):  # a front: all its processes
+                    log(f"the app answers after {time.monotonic() - started:.1f} s")
+                    return server
         except httpx.HTTPError:
             pass
         if time.monotonic() - said >= 10:
@@ -485,6 +553,7 @@ def run(
     think: float = 0.0,
     start_timeout: float = 120,
     procs: int = 1,
+    app_processes: int | None = None,
 ) -> dict:
     """`sessions` learners for `seconds` s each (from their own start), against `url` or an app started here with
     `seats` seats (None: the app's default). Every request has `timeout` s. The first learner runs here (its
@@ -494,23 +563,23 @@ def run(
     PLAYING[:] = [0, 0]
     if url is None:
         port = free_port()
-        server = start_server(port, idle_seconds, seats=seats, timeout=start_timeout)
+        server = start_server(port, idle_seconds, seats=seats, timeout=start_timeout, app_processes=app_processes)
         url = f"http://127.0.0.1:{port}/"
     phases["start_s"] = round(time.monotonic() - began, 1)
     pid = server.pid if server else None
-    first = Learner(url, seconds, seed=0, timeout=timeout, think=think)
+    first = Learner(url, seconds, 0, timeout, think, idle_seconds)
     procs = max(1, min(procs, sessions - 1)) if sessions > 1 else 1
     rest = list(range(1, sessions))
     here = rest if procs == 1 else []  # the other learners: threads of this process, or of workers
-    local = [first] + [Learner(url, seconds, seed=i, timeout=timeout, think=think) for i in here]
+    local = [first] + [Learner(url, seconds, i, timeout, think, idle_seconds) for i in here]
     workers: list[Worker] = []
     room_ms, all_ready, monitor_errors = [], None, []
     try:
         STATE["phase"] = "connecting the monitor"
-        monitor = connect(url, timeout)
-        t = time.perf_counter()
-        room_before = call(monitor, api_name="/room", timeout=timeout)
-        floor_ms = (time.perf_counter() - t) * 1000  # an idle server's quickest answer, as this client times it
+        monitor = Monitor(url, timeout)
+        floor = []
+        room_before = monitor.room(floor)
+        floor_ms = min(floor)  # an idle server's quickest answer, as this client times it
         free = room_before["max_seats"] - room_before["seats"]
         log(f"room: {room_before['seats']} of {room_before['max_seats']} seats taken, {room_before['running']} runs")
         if sessions > free:
@@ -528,7 +597,7 @@ def run(
         for learner in local[1:]:
             learner.start()
         for i in range(procs if procs > 1 else 0):
-            workers.append(Worker(i, url, seconds, rest[i::procs], timeout, think))
+            workers.append(Worker(i, url, seconds, rest[i::procs], timeout, think, idle_seconds))
         peak, orphans, room_peak, said = rss_before, 0, dict(room_before), time.monotonic()
         # a learner sets up (a few requests), learns for `seconds`, and its last action takes a timeout at most (a
         # Play that fails: up to 3); one still going after that is reported as stuck
@@ -551,15 +620,13 @@ def run(
             peak = max(peak, rss_mb(pid) if pid else 0.0)
             with PLAYING_LOCK:
                 PLAYING[1] = PLAYING[0]  # the most learners in a Play while /room is asked (not the lock held)
-            t = time.perf_counter()
             try:
-                room = call(monitor, api_name="/room", timeout=timeout)
+                room = monitor.room(room_ms)
             except Exception as e:  # noqa: BLE001 -- the probe failing is a finding, not the end of the run
                 monitor_errors.append(f"/room: {type(e).__name__}: {e}")
                 log(f"the /room probe failed: {monitor_errors[-1]}")
                 time.sleep(0.5)
                 continue
-            room_ms.append((time.perf_counter() - t) * 1000)
             if workers:
                 time.sleep(0.02)  # a worker's "Play started" line, written before its request, has been read
             with PLAYING_LOCK:  # a run ends on the server before the Pause, Reset or Load that ends it returns
@@ -584,18 +651,19 @@ def run(
         own_cores = (time.process_time() - cpu_self) / (time.monotonic() - wall)
         numbers = [x.numbers() for x in local] + [n for w in workers for n in w.numbers()]
         worker_cores = [w.result["cpu_cores"] for w in workers if w.result is not None]
-        room_end = call(monitor, api_name="/room", timeout=timeout)
+        room_end = monitor.room()
         STATE["phase"] = "the learners' sessions being freed"
         rss_after, room_after, swept = 0.0, None, time.monotonic()
         if pid:
             log(f"learners done; waiting {idle_seconds + 2:.0f} s for their sessions to be freed")
             time.sleep(idle_seconds + 2)
-            visitor = connect(url, timeout)
-            call(visitor, api_name="/load", timeout=timeout)  # a visit sweeps the idle sessions out
-            visitor.close()
+            for process in processes(url):  # a visit sweeps the idle sessions out (of each process)
+                visitor = connect(process, timeout)
+                call(visitor, api_name="/load", timeout=timeout)
+                visitor.close()
             time.sleep(1)
             rss_after = rss_mb(pid)
-            room_after = call(monitor, api_name="/room", timeout=timeout)
+            room_after = monitor.room()
         phases["sweep_s"] = round(time.monotonic() - swept, 1)
         monitor.close()
     finally:
@@ -634,6 +702,9 @@ def run(
         "p50_predict_ms": percentile(predict_ms, 50),
         "p95_predict_ms": percentile(predict_ms, 95),
         "cross_talk": sum(n["cross_talk"] for n in numbers),
+        # Steps that found a fresh session after a gap over the app's idle limit (its queue's wait included)
+        "swept": sum(n.get("swept", 0) for n in numbers),
+        "app_processes": len(monitor.clients),
         "orphan_runs": orphans,  # most runs the server had beyond the learners then playing
         "runs_after": room_end["running"],  # runs still going once every learner stopped
         "rss_before_mb": round(rss_before),  # the server with one learner's session (the first learner's)
@@ -770,6 +841,7 @@ def main(argv=None):
     p.add_argument("--app-speed", action="store_true", help="one learner's training speed through the app")
     p.add_argument("--idle-seconds", type=float, default=8, help="the app's idle limit: sessions freed after (8)")
     p.add_argument("--seats", type=int, default=None, help="PLAYGROUND_MAX_SESSIONS of the app started here")
+    p.add_argument("--app-processes", type=int, default=None, help="PLAYGROUND_PROCESSES of the app started here")
     p.add_argument("--procs", type=int, default=None, help="harness processes (default: ~10 learners each)")
     p.add_argument("--think", type=float, default=0.0, help="mean pause between a learner's actions, s (0)")
     p.add_argument("--timeout", type=float, default=60, help="the most one request may take, s (60)")
@@ -785,7 +857,8 @@ def main(argv=None):
     CLIENT_POLL_MS = args.client_poll_ms
     patch_client()
     if args.worker:
-        worker(args.url, args.seconds, [int(s) for s in args.seeds.split(",") if s], args.timeout, args.think)
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        worker(args.url, args.seconds, seeds, args.timeout, args.think, args.idle_seconds)
         os._exit(0)
     # the app's start, the first learner's (2 timeouts), the run's own limit, the sweep, and a margin
     deadline = args.deadline or args.start_timeout + args.seconds + 5 * args.timeout + args.idle_seconds + 110
@@ -807,6 +880,7 @@ def main(argv=None):
                 think=args.think,
                 start_timeout=args.start_timeout,
                 procs=args.procs if args.procs is not None else auto_procs(args.sessions),
+                app_processes=args.app_processes,
             )
         write(result, args.out)
         code = 0

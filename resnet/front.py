@@ -1,0 +1,190 @@
+"""The workshop front: one public port, several app processes behind it.
+
+One app process answers about 30 learner actions a second: gradio's event handling and ours share its one GIL (a
+Step costs it ~13 ms, a Predict ~30). A room of 100 on one GPU needs more, so the front starts several copies of the
+app on local ports, sends each new page to the next one in turn, and passes every request under `/<k>/` to process k.
+A page's requests all carry its path, so a learner stays with one process, and their session, until they leave.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import subprocess
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from starlette.routing import Route
+
+log = logging.getLogger("playground.front")
+STARTING = '<meta http-equiv="refresh" content="3"><p>The playground is starting: this page reloads by itself.</p>'
+METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"]
+COOKIE = "playground_process"  # which process a browser was sent to: a reload of "/" goes back to it
+# headers that describe one hop, not the request (RFC 9110 7.6.1); content-length passes: bodies are streamed as is
+HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
+       "upgrade", "host"}  # fmt: skip
+
+
+def default_processes(cuda: bool, cores: int | None = None) -> int:
+    """App processes for this machine: one on a CPU (its training already takes every core); on a GPU, one per two
+    cores (an app process and its share of the harness's or the browsers' work), at most 8."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(8, cores // 2)) if cuda else 1
+
+
+class Front:
+    """The processes' ports and the ASGI app that routes to them (`app`). `command` starts one process."""
+
+    def __init__(self, command: list[str], processes: int, port: int, env: dict | None = None, max_body_mb: int = 16):
+        self.command, self.env = command, dict(env if env is not None else os.environ)
+        self.ports = [port + 1 + k for k in range(processes)]  # process k+1 listens on port + 1 + k, locally
+        self.max_body = max_body_mb * 2**20  # the app refuses larger uploads itself; the front never holds more
+        self.procs: list[subprocess.Popen | None] = [None] * processes
+        self._next = itertools.cycle(range(1, processes + 1))
+        self._client: httpx.AsyncClient | None = None
+        routes = [
+            Route("/", self.place),
+            Route("/processes", self.processes),
+            Route("/{k:int}", self.slash),
+            Route("/{k:int}/{path:path}", self.forward, methods=METHODS),
+            Route("/{path:path}", self.forward, methods=METHODS),  # the browser's own asks (/favicon.ico): its process
+        ]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+
+    # --- the processes ---------------------------------------------------------------------------------------
+    def start(self, k: int) -> None:
+        env = {
+            **self.env,
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.ports[k - 1]),
+            "GRADIO_ROOT_PATH": f"/{k}",  # the URLs it writes into its pages and files are the front's
+            "PLAYGROUND_PROCESS": str(k),  # it serves, and does not start a front of its own
+        }
+        self.procs[k - 1] = subprocess.Popen(self.command, env=env, preexec_fn=_end_with_parent)
+        log.info("process %d started on port %d (pid %d)", k, self.ports[k - 1], self.procs[k - 1].pid)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        await self._start()
+        try:
+            yield
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), trust_env=False)
+        for k in range(1, len(self.ports) + 1):
+            self.start(k)
+        asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """A process that died is started again: its learners lose their sessions, the others keep theirs."""
+        while True:
+            await asyncio.sleep(1)
+            for k, proc in enumerate(self.procs, start=1):
+                if proc is not None and proc.poll() is not None:
+                    log.error("process %d exited with code %s: starting it again", k, proc.returncode)
+                    self.start(k)
+
+    async def _stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- routes ----------------------------------------------------------------------------------------------
+    async def place(self, request: Request):
+        """A new page goes to the next process in turn; a browser that was here before, to its own."""
+        k = self.known(request) or next(self._next)
+        query = f"?{request.url.query}" if request.url.query else ""
+        response = RedirectResponse(f"{k}/{query}", status_code=302)  # relative: right behind any outer proxy
+        response.set_cookie(COOKIE, str(k), samesite="lax")
+        return response
+
+    def known(self, request: Request) -> int | None:
+        known = request.cookies.get(COOKIE, "")
+        return int(known) if known.isdigit() and 1 <= int(known) <= len(self.ports) else None
+
+    async def processes(self, request: Request):
+        """The processes' paths and whether each answers: for a load test or an instructor's check."""
+        ready = await asyncio.gather(*(self._answers(port) for port in self.ports))
+        return JSONResponse([{"path": f"/{k}/", "ready": r} for k, r in enumerate(ready, start=1)])
+
+    async def _answers(self, port: int) -> bool:
+        try:
+            return (await self._client.get(f"http://127.0.0.1:{port}/config", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def slash(self, request: Request):
+        return RedirectResponse(f"{request.path_params['k']}/", status_code=307)
+
+    async def forward(self, request: Request):
+        k = request.path_params.get("k") or self.known(request) or 1
+        if not 1 <= k <= len(self.ports):
+            return PlainTextResponse("No such page.", status_code=404)
+        if int(request.headers.get("content-length") or 0) > self.max_body:
+            return PlainTextResponse("That file is too large.", status_code=413)
+        headers = [(n, v) for n, v in request.headers.raw if n.decode("latin-1").lower() not in HOP]
+        if b"x-forwarded-host" not in {n.lower() for n, _ in headers}:  # an outer proxy's (a Space's) are kept
+            headers.append((b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")))
+            headers.append((b"x-forwarded-proto", request.url.scheme.encode("latin-1")))
+        url = f"http://127.0.0.1:{self.ports[k - 1]}/{request.path_params['path']}"
+        url += f"?{request.url.query}" if request.url.query else ""
+        body = self._capped(request) if request.method in ("POST", "PUT") else None
+        try:
+            upstream = await self._client.send(
+                self._client.build_request(request.method, url, headers=headers, content=body), stream=True
+            )
+        except httpx.ConnectError:  # starting (or starting again): the page asks again by itself
+            return HTMLResponse(STARTING, status_code=503, headers={"Retry-After": "3"})
+        kept = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in HOP]
+        response = StreamingResponse(relay(upstream), status_code=upstream.status_code)
+        response.raw_headers = kept  # as the app sent them (content-encoding, set-cookie, event-stream) unchanged
+        return response
+
+    async def _capped(self, request: Request):
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > self.max_body:
+                raise ValueError("request body over the front's limit")
+            yield chunk
+
+
+def _end_with_parent() -> None:
+    """In a process the front starts: end it when the front ends, even by a kill that runs no clean-up (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not glibc: the front's own shutdown still stops them
+        pass
+
+
+async def relay(upstream: httpx.Response):
+    """The app's answer as it comes (an event stream too); closed also when the page goes before it ends."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+def serve(command: list[str], processes: int, host: str, port: int) -> None:
+    """Start `processes` copies of the app (`command`) behind a front on host:port; returns when stopped."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request a room makes
+    front = Front(command, processes, port)
+    log.info("front on %s:%d for %d app processes (ports %s)", host, port, processes, front.ports)
+    uvicorn.run(front.app, host=host, port=port, log_level="warning", timeout_keep_alive=30)
