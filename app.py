@@ -44,8 +44,9 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # s
 # learners training at once (a visitor who only looks or predicts takes no seat); the next one is asked to wait.
 # A GPU serves a room of 100 at step granularity; 2 CPU cores answer 30, slowly (README: the load test)
 MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.is_available() else 32))
-# app processes behind one port (resnet.front): on a GPU, one process's GIL, not the card, is what limits a room
-PROCESSES = int(os.environ.get("PLAYGROUND_PROCESSES", front.default_processes(torch.cuda.is_available())))
+# app processes behind one port (resnet.front): on a GPU, one process's GIL, not the card, limits a room. "auto":
+# front.default_processes. One by default until a GPU run has measured the front (README, "Use a GPU")
+PROCESSES = front.processes_from(os.environ.get("PLAYGROUND_PROCESSES", "1"), torch.cuda.is_available())
 BEHIND_FRONT = bool(os.environ.get("PLAYGROUND_PROCESS"))  # one of the front's processes: it holds a share of seats
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
@@ -1434,6 +1435,8 @@ if __name__ == "__main__":
         host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
         front.serve([sys.executable, __file__], PROCESSES, host, port)
     else:
+        if BEHIND_FRONT:
+            front.end_with_parent()
         warm_up()
         demo = build_demo()
         # what is loaded by now (torch, gradio, the page: ~540k objects) is never garbage: full collections skip it

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 
 import httpx
 import uvicorn
@@ -31,11 +32,25 @@ HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", 
        "upgrade", "host"}  # fmt: skip
 
 
+class TooLarge(Exception):
+    """A request's body went past the front's limit while it was being passed on."""
+
+
 def default_processes(cuda: bool, cores: int | None = None) -> int:
     """App processes for this machine: one on a CPU (its training already takes every core); on a GPU, one per two
     cores (an app process and its share of the harness's or the browsers' work), at most 8."""
     cores = cores or os.cpu_count() or 1
     return max(1, min(8, cores // 2)) if cuda else 1
+
+
+def processes_from(setting: str, cuda: bool) -> int:
+    """PLAYGROUND_PROCESSES: a number, or "auto" for this machine's default_processes."""
+    if setting.strip().lower() == "auto":
+        return default_processes(cuda)
+    try:
+        return max(1, int(setting))
+    except ValueError:
+        raise ValueError(f'PLAYGROUND_PROCESSES must be a number or "auto", not {setting!r}') from None
 
 
 class Front:
@@ -66,7 +81,10 @@ class Front:
             "GRADIO_ROOT_PATH": f"/{k}",  # the URLs it writes into its pages and files are the front's
             "PLAYGROUND_PROCESS": str(k),  # it serves, and does not start a front of its own
         }
-        self.procs[k - 1] = subprocess.Popen(self.command, env=env, preexec_fn=_end_with_parent)
+        # its share of the cores: torch's threads in every process on every core, 8 processes on 16 cores took over
+        # 120 s to start on an H200's host (2 on 2 cores: 51 s, and 11.5 s with one thread each)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.ports))))
+        self.procs[k - 1] = subprocess.Popen(self.command, env=env)
         log.info("process %d started on port %d (pid %d)", k, self.ports[k - 1], self.procs[k - 1].pid)
 
     @contextlib.asynccontextmanager
@@ -84,13 +102,16 @@ class Front:
         asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        """A process that died is started again: its learners lose their sessions, the others keep theirs."""
+        """A process that died is started again (not more than every 10 s: one that cannot start must not spin):
+        its learners lose their sessions, the others keep theirs."""
+        started = [time.monotonic()] * len(self.procs)
         while True:
             await asyncio.sleep(1)
             for k, proc in enumerate(self.procs, start=1):
-                if proc is not None and proc.poll() is not None:
+                if proc is not None and proc.poll() is not None and time.monotonic() - started[k - 1] >= 10:
                     log.error("process %d exited with code %s: starting it again", k, proc.returncode)
                     self.start(k)
+                    started[k - 1] = time.monotonic()
 
     async def _stop(self) -> None:
         for proc in self.procs:
@@ -151,6 +172,8 @@ class Front:
             )
         except httpx.ConnectError:  # starting (or starting again): the page asks again by itself
             return HTMLResponse(STARTING, status_code=503, headers={"Retry-After": "3"})
+        except TooLarge:  # a body sent without its length, past the limit
+            return PlainTextResponse("That file is too large.", status_code=413)
         kept = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in HOP]
         response = StreamingResponse(relay(upstream), status_code=upstream.status_code)
         response.raw_headers = kept  # as the app sent them (content-encoding, set-cookie, event-stream) unchanged
@@ -161,12 +184,13 @@ class Front:
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > self.max_body:
-                raise ValueError("request body over the front's limit")
+                raise TooLarge
             yield chunk
 
 
-def _end_with_parent() -> None:
-    """In a process the front starts: end it when the front ends, even by a kill that runs no clean-up (Linux)."""
+def end_with_parent() -> None:
+    """Called by a process the front started: end when the front ends, even by a kill that runs no clean-up (Linux).
+    Not a Popen preexec_fn: that runs between fork and exec, where loading libc can deadlock a threaded parent."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not glibc: the front's own shutdown still stops them

@@ -50,3 +50,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def front_url():
+    """`python app.py` with two app processes behind the workshop front (resnet.front), its URL as `.url`."""
+    from tests import load_test
+
+    port = free_port()
+    server = load_test.start_server(port, idle_seconds=600, seats=8, timeout=240, app_processes=2)
+    url = f"http://127.0.0.1:{port}/"
+    server.url = url
+    yield server
+    procs = load_test.children(server.pid)
+    load_test.stop_server(server)
+    assert procs and not [p for p in procs if os.path.exists(f"/proc/{p}") and not zombie(p)], "processes left"
+
+
+def zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -99,10 +99,10 @@ def rss_mb(pid: int) -> float:
     return total
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, with_children: bool = True) -> float:
     """CPU time (user + system) of a process and its children, from /proc."""
     total = 0.0
-    for p in [pid, *children(pid)]:
+    for p in [pid, *(children(pid) if with_children else [])]:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -479,7 +479,7 @@ def start_server(
     play_seconds: float = 30,
     seats: int | None = None,
     timeout: float = 120,
-    app_processes: int | None = None,
+    app_processes: int | str | None = None,
 ) -> subprocess.Popen:
     """`python app.py` on `port`, once it answers its config; its output goes to a log file. Fails at once, with
     the log's tail, if the app exits, and after `timeout` s if it never answers."""
@@ -553,7 +553,7 @@ def run(
     think: float = 0.0,
     start_timeout: float = 120,
     procs: int = 1,
-    app_processes: int | None = None,
+    app_processes: int | str | None = None,
 ) -> dict:
     """`sessions` learners for `seconds` s each (from their own start), against `url` or an app started here with
     `seats` seats (None: the app's default). Every request has `timeout` s. The first learner runs here (its
@@ -591,6 +591,7 @@ def run(
             raise RuntimeError(f"the first learner was not set up within {timeout * 2:.0f} s")
         rss_before = rss_mb(pid) if pid else 0.0
         cpu_server, cpu_self, wall = cpu_seconds(pid) if pid else 0.0, time.process_time(), time.monotonic()
+        cpu_front = cpu_seconds(pid, with_children=False) if pid else 0.0  # the started process alone (a front)
         STATE["phase"] = f"{sessions} learners"
         where = "in this process" if procs == 1 else f"in {procs} worker processes"
         log(f"first learner ready ({first.device}); server memory {rss_before:.0f} MB; {sessions - 1} more {where}")
@@ -648,6 +649,7 @@ def run(
         if going():
             log(f"the run's deadline came with {going()} learners or processes still waiting")
         server_cores = round((cpu_seconds(pid) - cpu_server) / (time.monotonic() - wall), 2) if pid else None
+        front_cores = round((cpu_seconds(pid, False) - cpu_front) / (time.monotonic() - wall), 2) if pid else None
         own_cores = (time.process_time() - cpu_self) / (time.monotonic() - wall)
         numbers = [x.numbers() for x in local] + [n for w in workers for n in w.numbers()]
         worker_cores = [w.result["cpu_cores"] for w in workers if w.result is not None]
@@ -727,6 +729,7 @@ def run(
         "harness_cpu_cores": round(own_cores + sum(worker_cores), 2),
         "harness_busiest_process_cores": round(max([own_cores, *worker_cores]), 2),
         "server_cpu_cores": server_cores,
+        "started_process_cpu_cores": front_cores,  # of those, the process started here (with a front: the front)
         "stuck_learners": stuck,
         "phases": phases,
     }
@@ -841,7 +844,7 @@ def main(argv=None):
     p.add_argument("--app-speed", action="store_true", help="one learner's training speed through the app")
     p.add_argument("--idle-seconds", type=float, default=8, help="the app's idle limit: sessions freed after (8)")
     p.add_argument("--seats", type=int, default=None, help="PLAYGROUND_MAX_SESSIONS of the app started here")
-    p.add_argument("--app-processes", type=int, default=None, help="PLAYGROUND_PROCESSES of the app started here")
+    p.add_argument("--app-processes", default=None, help="PLAYGROUND_PROCESSES of the app started here (n, auto)")
     p.add_argument("--procs", type=int, default=None, help="harness processes (default: ~10 learners each)")
     p.add_argument("--think", type=float, default=0.0, help="mean pause between a learner's actions, s (0)")
     p.add_argument("--timeout", type=float, default=60, help="the most one request may take, s (60)")

@@ -368,3 +368,25 @@ def test_step_latency_in_the_browser_is_measured_and_reported(page: Page):
     print(f"\nStep in the browser: click to update {click * 1000:.0f} ms, the step itself {step * 1000:.0f} ms, "
           f"overhead {(click - step) * 1000:.0f} ms (target: the step's time + 300 ms)")  # fmt: skip
     assert len(clicks) == 5 and all(c > 0 for c in clicks)
+
+
+def test_the_page_works_under_a_process_of_the_workshop_front(browser, front_url):
+    """Behind the front a page lives under its process's path: everything it asks for stays under /2/ (a browser
+    that keeps no cookie, as in a Space's frame, would otherwise reach process 1), and it trains."""
+    from urllib.parse import urlparse
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(STEP_MS)
+    failed, outside = [], []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("request", lambda r: outside.append(r.url) if not urlparse(r.url).path.startswith("/2/") else None)
+    page.goto(front_url.url + "2/", wait_until="domcontentloaded", timeout=LOAD_MS)
+    wait_for_step(page, 0, LOAD_MS)
+    page.click("#step")
+    wait_for_step(page, 1)
+    wait_loss_points(page, 1)
+    assert page.evaluate("typeof Plotly") == "object"
+    assert not failed, failed
+    assert [u for u in outside if not u.endswith("/favicon.ico")] == []
+    context.close()
