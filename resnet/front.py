@@ -96,7 +96,10 @@ class Front:
             await self._stop()
 
     async def _start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), trust_env=False)
+        # no limit on connections: every page holds streams open through the front (gradio's heartbeat, one per
+        # event being answered), and httpx's default of 100 made a room of 100's next request wait for one to end
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=limits, trust_env=False)
         for k in range(1, len(self.ports) + 1):
             self.start(k)
         asyncio.get_running_loop().create_task(self._watch())

@@ -2,9 +2,12 @@
 comes back to its own; each learner's requests (uploads and streams too) reach their process and no other; the room's
 seats are shared out, not multiplied; bad paths and oversized bodies are refused; the processes end with the front."""
 
+import asyncio
+import contextlib
 import os
 import signal
 import time
+import uuid
 
 import httpx
 import pytest
@@ -103,3 +106,21 @@ def test_a_process_that_dies_is_started_again_and_serves(front_url):
         assert load_test.step_of(learner.predict(api_name="/step")) == 1
     finally:
         learner.close()
+
+
+def test_a_room_of_open_streams_does_not_hold_up_the_next_request(front_url):
+    """Every page keeps a stream open through the front (gradio's heartbeat, and one per event being answered): 120
+    of them at once, as in a room of 100, must not make the front's next request wait for one to close."""
+
+    async def room():
+        limits = httpx.Limits(max_connections=None)
+        async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
+            async with contextlib.AsyncExitStack() as streams:
+                for _ in range(120):
+                    url = f"{front_url.url}2/gradio_api/heartbeat/{uuid.uuid4().hex}"
+                    opened = await streams.enter_async_context(client.stream("GET", url))
+                    assert opened.status_code == 200
+                answer = await asyncio.wait_for(client.get(front_url.url + "2/config"), 20)
+                assert answer.status_code == 200
+
+    asyncio.run(room())
