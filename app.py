@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -1433,10 +1432,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     if PROCESSES > 1 and not BEHIND_FRONT:
         host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
-        front.serve([sys.executable, __file__], PROCESSES, host, port)
+        front.serve(__file__, PROCESSES, host, port)
     else:
-        if BEHIND_FRONT:
-            front.end_with_parent()
         warm_up()
         demo = build_demo()
         # what is loaded by now (torch, gradio, the page: ~540k objects) is never garbage: full collections skip it

@@ -12,8 +12,10 @@ import ctypes
 import itertools
 import logging
 import os
+import runpy
 import signal
 import subprocess
+import sys
 import time
 
 import httpx
@@ -54,15 +56,16 @@ def processes_from(setting: str, cuda: bool) -> int:
 
 
 class Front:
-    """The processes' ports and the ASGI app that routes to them (`app`). `command` starts one process."""
+    """The processes' ports and the ASGI app that routes to them (`app`). Each process runs the script `app_file`."""
 
-    def __init__(self, command: list[str], processes: int, port: int, env: dict | None = None, max_body_mb: int = 16):
-        self.command, self.env = command, dict(env if env is not None else os.environ)
+    def __init__(self, app_file: str, processes: int, port: int, env: dict | None = None, max_body_mb: int = 16):
+        self.app_file, self.env = os.path.abspath(app_file), dict(env if env is not None else os.environ)
         self.ports = [port + 1 + k for k in range(processes)]  # process k+1 listens on port + 1 + k, locally
         self.max_body = max_body_mb * 2**20  # the app refuses larger uploads itself; the front never holds more
         self.procs: list[subprocess.Popen | None] = [None] * processes
         self._next = itertools.cycle(range(1, processes + 1))
         self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task | None = None
         routes = [
             Route("/", self.place),
             Route("/processes", self.processes),
@@ -74,17 +77,21 @@ class Front:
 
     # --- the processes ---------------------------------------------------------------------------------------
     def start(self, k: int) -> None:
+        outer = self.env.get("GRADIO_ROOT_PATH", "").rstrip("/")  # the front itself may live under a path
         env = {
             **self.env,
             "GRADIO_SERVER_NAME": "127.0.0.1",
             "GRADIO_SERVER_PORT": str(self.ports[k - 1]),
-            "GRADIO_ROOT_PATH": f"/{k}",  # the URLs it writes into its pages and files are the front's
+            "GRADIO_ROOT_PATH": f"{outer}/{k}",  # the URLs it writes into its pages and files are the front's
             "PLAYGROUND_PROCESS": str(k),  # it serves, and does not start a front of its own
+            "PLAYGROUND_FRONT_PID": str(os.getpid()),
         }
         # its share of the cores: torch's threads in every process on every core, 8 processes on 16 cores took over
         # 120 s to start on an H200's host (2 on 2 cores: 51 s, and 11.5 s with one thread each)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.ports))))
-        self.procs[k - 1] = subprocess.Popen(self.command, env=env)
+        # `python -m resnet.front APP`: ends with the front from its first moment (boot), then runs the app
+        command = [sys.executable, "-m", "resnet.front", self.app_file]
+        self.procs[k - 1] = subprocess.Popen(command, env=env, cwd=os.path.dirname(self.app_file))
         log.info("process %d started on port %d (pid %d)", k, self.ports[k - 1], self.procs[k - 1].pid)
 
     @contextlib.asynccontextmanager
@@ -102,7 +109,7 @@ class Front:
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), limits=limits, trust_env=False)
         for k in range(1, len(self.ports) + 1):
             self.start(k)
-        asyncio.get_running_loop().create_task(self._watch())
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         """A process that died is started again (not more than every 10 s: one that cannot start must not spin):
@@ -113,10 +120,15 @@ class Front:
             for k, proc in enumerate(self.procs, start=1):
                 if proc is not None and proc.poll() is not None and time.monotonic() - started[k - 1] >= 10:
                     log.error("process %d exited with code %s: starting it again", k, proc.returncode)
-                    self.start(k)
                     started[k - 1] = time.monotonic()
+                    try:
+                        self.start(k)
+                    except OSError:
+                        log.exception("process %d could not be started", k)
 
     async def _stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()  # nothing is started again while the front stops
         for proc in self.procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -157,7 +169,9 @@ class Front:
         return RedirectResponse(f"{request.path_params['k']}/", status_code=307)
 
     async def forward(self, request: Request):
-        k = request.path_params.get("k") or self.known(request) or 1
+        k = request.path_params.get("k")
+        if k is None:
+            k = self.known(request) or 1
         if not 1 <= k <= len(self.ports):
             return PlainTextResponse("No such page.", status_code=404)
         if int(request.headers.get("content-length") or 0) > self.max_body:
@@ -166,9 +180,13 @@ class Front:
         if b"x-forwarded-host" not in {n.lower() for n, _ in headers}:  # an outer proxy's (a Space's) are kept
             headers.append((b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")))
             headers.append((b"x-forwarded-proto", request.url.scheme.encode("latin-1")))
-        url = f"http://127.0.0.1:{self.ports[k - 1]}/{request.path_params['path']}"
+        # the path as the page sent it, escapes and all (path_params are decoded: a file "cat #1.png" would break)
+        raw = request.scope["raw_path"].decode("latin-1")
+        path = raw[len(f"/{k}") :] if "k" in request.path_params else raw
+        url = f"http://127.0.0.1:{self.ports[k - 1]}{path}"
         url += f"?{request.url.query}" if request.url.query else ""
-        body = self._capped(request) if request.method in ("POST", "PUT") else None
+        has_body = int(request.headers.get("content-length") or 0) or "transfer-encoding" in request.headers
+        body = self._capped(request) if has_body else None
         try:
             upstream = await self._client.send(
                 self._client.build_request(request.method, url, headers=headers, content=body), stream=True
@@ -177,6 +195,8 @@ class Front:
             return HTMLResponse(STARTING, status_code=503, headers={"Retry-After": "3"})
         except TooLarge:  # a body sent without its length, past the limit
             return PlainTextResponse("That file is too large.", status_code=413)
+        except httpx.TransportError:  # the process went away mid-request: it is being started again
+            return HTMLResponse(STARTING, status_code=502, headers={"Retry-After": "3"})
         kept = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in HOP]
         response = StreamingResponse(relay(upstream), status_code=upstream.status_code)
         response.raw_headers = kept  # as the app sent them (content-encoding, set-cookie, event-stream) unchanged
@@ -191,13 +211,15 @@ class Front:
             yield chunk
 
 
-def end_with_parent() -> None:
-    """Called by a process the front started: end when the front ends, even by a kill that runs no clean-up (Linux).
-    Not a Popen preexec_fn: that runs between fork and exec, where loading libc can deadlock a threaded parent."""
+def end_with_parent(front_pid: int) -> None:
+    """In a process the front started: end when the front ends, even by a kill that runs no clean-up (Linux), and
+    at once if it already has. Not a Popen preexec_fn: between fork and exec, loading libc can deadlock the front."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not glibc: the front's own shutdown still stops them
         pass
+    if os.getppid() != front_pid:  # the front died before the line above: nobody would stop this process
+        sys.exit(0)
 
 
 async def relay(upstream: httpx.Response):
@@ -209,9 +231,18 @@ async def relay(upstream: httpx.Response):
         await upstream.aclose()
 
 
-def serve(command: list[str], processes: int, host: str, port: int) -> None:
-    """Start `processes` copies of the app (`command`) behind a front on host:port; returns when stopped."""
+def serve(app_file: str, processes: int, host: str, port: int) -> None:
+    """Start `processes` copies of the app (the script `app_file`) behind a front on host:port; returns when
+    stopped. Every open page holds a stream: a stop waits 5 s for them, not until the last tab is closed."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request a room makes
-    front = Front(command, processes, port)
+    front = Front(app_file, processes, port)
     log.info("front on %s:%d for %d app processes (ports %s)", host, port, processes, front.ports)
-    uvicorn.run(front.app, host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.run(
+        front.app, host=host, port=port, log_level="warning", timeout_keep_alive=30, timeout_graceful_shutdown=5,
+        server_header=False, date_header=False,  # the app's own go through
+    )  # fmt: skip
+
+
+if __name__ == "__main__":  # an app process of a front (Front.start): end with the front, then run the app
+    end_with_parent(int(os.environ["PLAYGROUND_FRONT_PID"]))
+    runpy.run_path(sys.argv[1], run_name="__main__")

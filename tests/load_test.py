@@ -303,14 +303,15 @@ class Learner(threading.Thread):
                 emit(f"READY {self.connect_s}")
         self.ready.set()
         end = time.monotonic() + self.seconds
-        # when the server last saw this learner at the latest (the last request's start), and whether a gap since
-        # the last Step was longer than the app's idle limit: the session may have been freed, and a fresh one made
+        # when the server last touched this learner's session at the latest (the start of their last request that
+        # uses it: a Predict only looks), and whether a gap since the last Step was longer than the app's idle limit:
+        # the session may have been freed, and a fresh one made
         touched, lapsed = time.monotonic(), False
         while time.monotonic() < end:
             action = self.rng.choice(
                 ["step", "step", "predict", "predict", "play", "shortcut", "lr", "reset_in_play", "load_in_play"]
             )
-            asked = time.monotonic()
+            asked, stepped = time.monotonic(), False
             try:
                 if action == "step":
                     now = step_of(self.timed(self.step_ms, api_name="/step"))
@@ -319,7 +320,7 @@ class Learner(threading.Thread):
                     elif now not in (count + 1, count):  # +0: the step was rejected
                         self.cross_talk += 1
                         emit(f"cross-talk? expected step {count + 1}, got {now} (after {self.previous})")
-                    count, lapsed = now, False
+                    count, stepped = now, True
                 elif action == "predict":
                     image = self.rng.choice(EXAMPLES)
                     self.timed(self.predict_ms, handle_file(str(image)), api_name="/predict_image")
@@ -332,8 +333,9 @@ class Learner(threading.Thread):
             except Exception as e:  # noqa: BLE001
                 self.errors.append(f"{action}: {type(e).__name__}: {e}")
                 note_trace(action)
-            lapsed = lapsed or (action != "step" and time.monotonic() - touched > self.idle_seconds)
-            self.previous, touched = action, asked
+            lapsed = not stepped and (lapsed or time.monotonic() - touched > self.idle_seconds)
+            touched = touched if action == "predict" else asked  # a Predict keeps no session alive (it only looks)
+            self.previous = action
             self.actions += 1
             if self.think:
                 time.sleep(self.rng.uniform(0, 2 * self.think))

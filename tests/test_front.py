@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.parse
 import uuid
 
 import httpx
@@ -86,8 +89,36 @@ def test_an_unknown_process_and_an_oversized_body_are_refused(front_url):
     assert httpx.get(front_url.url + "favicon.ico", trust_env=False).status_code != 404
 
 
+def test_a_room_of_open_streams_does_not_hold_up_the_next_request(front_url):
+    """Every page keeps a stream open through the front (gradio's heartbeat, and one per event being answered): 120
+    of them at once, as in a room of 100, must not make the front's next request wait for one to close."""
+
+    async def room():
+        limits = httpx.Limits(max_connections=None)
+        async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
+            async with contextlib.AsyncExitStack() as streams:
+                for _ in range(120):
+                    url = f"{front_url.url}2/gradio_api/heartbeat/{uuid.uuid4().hex}"
+                    opened = await streams.enter_async_context(client.stream("GET", url))
+                    assert opened.status_code == 200
+                answer = await asyncio.wait_for(client.get(front_url.url + "2/config"), 20)
+                assert answer.status_code == 200
+
+    asyncio.run(room())
+
+
+def test_a_file_whose_name_needs_escaping_comes_back_through_the_front(front_url):
+    """The path is passed on as the page sent it: "cat #1.png" stays one file name, not a path and a fragment."""
+    base = front_url.url + "2/gradio_api/"
+    sent = httpx.post(base + "upload", files={"files": ("cat #1 50%.png", b"\x89PNG not really")}, trust_env=False)
+    path = sent.json()[0]
+    assert path.endswith("cat #1 50%.png")
+    back = httpx.get(base + "file=" + urllib.parse.quote(path), trust_env=False)
+    assert back.status_code == 200 and back.content == b"\x89PNG not really"
+
+
 def test_a_process_that_dies_is_started_again_and_serves(front_url):
-    """Last here: it ends process 1 (a crash, a kill), which the front starts again; process 2 serves throughout."""
+    """Last in this file: it ends process 1 (a crash, a kill), which the front starts again; process 2 serves on."""
     first = load_test.children(front_url.pid)[0]
     os.kill(first, signal.SIGKILL)
     deadline, seen_down = time.monotonic() + 180, False
@@ -108,19 +139,21 @@ def test_a_process_that_dies_is_started_again_and_serves(front_url):
         learner.close()
 
 
-def test_a_room_of_open_streams_does_not_hold_up_the_next_request(front_url):
-    """Every page keeps a stream open through the front (gradio's heartbeat, and one per event being answered): 120
-    of them at once, as in a room of 100, must not make the front's next request wait for one to close."""
-
-    async def room():
-        limits = httpx.Limits(max_connections=None)
-        async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
-            async with contextlib.AsyncExitStack() as streams:
-                for _ in range(120):
-                    url = f"{front_url.url}2/gradio_api/heartbeat/{uuid.uuid4().hex}"
-                    opened = await streams.enter_async_context(client.stream("GET", url))
-                    assert opened.status_code == 200
-                answer = await asyncio.wait_for(client.get(front_url.url + "2/config"), 20)
-                assert answer.status_code == 200
-
-    asyncio.run(room())
+def test_the_app_processes_end_when_the_front_is_killed_even_while_they_start():
+    """A front killed outright (no clean-up runs) leaves no app process holding the card and a port."""
+    env = {**os.environ, "PLAYGROUND_PROCESSES": "2", "GRADIO_SERVER_PORT": str(load_test.free_port())}
+    load_test.quiet_local_env(env)
+    front = subprocess.Popen([sys.executable, "app.py"], cwd=load_test.ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(load_test.children(front.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs = load_test.children(front.pid)
+        assert len(procs) == 2
+    finally:
+        front.kill()
+        front.wait()
+    deadline = time.monotonic() + 60
+    while [p for p in procs if os.path.exists(f"/proc/{p}")] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in procs if os.path.exists(f"/proc/{p}")]
