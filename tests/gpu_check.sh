@@ -27,21 +27,21 @@ python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gra
 
 # the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~30 s
 # (not the static-step rerun: it runs on the CPU, as in CI)
-timeout 80 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
+timeout 70 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
   tests/test_data.py tests/test_pool.py -k "not every_promise" 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
 
 # the app with 100 learners acting back to back for 60 s: behind the workshop front with this machine's processes
 # (PLAYGROUND_PROCESSES=auto), then as one process, the baseline in the same run. ~2.5 minutes each
 for processes in auto 1; do
   # shellcheck disable=SC2086 -- ROOM_ARGS is a list of arguments
-  timeout 160 python tests/load_test.py --sessions 100 --seconds 60 --timeout 30 --deadline 150 \
+  timeout 175 python tests/load_test.py --sessions 100 --seconds 60 --timeout 30 --deadline 165 \
     --app-processes "$processes" ${ROOM_ARGS:-} --out "$OUT/app_room_$processes.json" 2>&1 | tail -30 |
     tee "$OUT/app_room_$processes.txt"
 done
 
 # every headless figure: batch 512 loops, one learner at batch 64, rooms of 100 (own streams, one stream, eager)
 # shellcheck disable=SC2086 -- GPU_CHECK_ARGS is a list of arguments
-timeout 190 python -m resnet.bench --gpu-check ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
+timeout 170 python -m resnet.bench --gpu-check ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
   tee "$OUT/gpu_check.txt"
 
 if [ "${PROBES:-0}" = 1 ]; then
