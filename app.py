@@ -46,7 +46,7 @@ MAX_SESSIONS = int(os.environ.get("PLAYGROUND_MAX_SESSIONS", 128 if torch.cuda.i
 # app processes behind one port (resnet.front): on a GPU, one process's GIL, not the card, limits a room. "auto":
 # front.default_processes. One by default until a GPU run has measured the front (README, "Use a GPU")
 PROCESSES = front.processes_from(os.environ.get("PLAYGROUND_PROCESSES", "1"), torch.cuda.is_available())
-BEHIND_FRONT = bool(os.environ.get("PLAYGROUND_PROCESS"))  # one of the front's processes: it holds a share of seats
+BEHIND_FRONT = bool(os.environ.get("PLAYGROUND_FRONT_PID"))  # one of a front's processes: it holds a share of seats
 IDLE_SECONDS = float(os.environ.get("PLAYGROUND_IDLE_SECONDS", 1800))  # an untouched session is freed after this
 RELOAD_GRACE_SECONDS = 120  # a closed page's session waits this long for the same browser to come back
 PLAY_SECONDS = float(os.environ.get("PLAYGROUND_PLAY_SECONDS", 600))  # Play pauses by itself after this long

@@ -83,11 +83,10 @@ class Front:
             "GRADIO_SERVER_NAME": "127.0.0.1",
             "GRADIO_SERVER_PORT": str(self.ports[k - 1]),
             "GRADIO_ROOT_PATH": f"{outer}/{k}",  # the URLs it writes into its pages and files are the front's
-            "PLAYGROUND_PROCESS": str(k),  # it serves, and does not start a front of its own
-            "PLAYGROUND_FRONT_PID": str(os.getpid()),
+            "PLAYGROUND_FRONT_PID": str(os.getpid()),  # it serves (no front of its own) and ends with this one
         }
-        # its share of the cores: torch's threads in every process on every core, 8 processes on 16 cores took over
-        # 120 s to start on an H200's host (2 on 2 cores: 51 s, and 11.5 s with one thread each)
+        # its share of the cores for torch's threads: 8 processes on 16 cores with every core each had not answered
+        # after 120 s on an H200's host, likely this (2 on 2 cores: 51 s that way, 11.5 s with one thread each)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.ports))))
         # `python -m resnet.front APP`: ends with the front from its first moment (boot), then runs the app
         command = [sys.executable, "-m", "resnet.front", self.app_file]
@@ -174,7 +173,8 @@ class Front:
             k = self.known(request) or 1
         if not 1 <= k <= len(self.ports):
             return PlainTextResponse("No such page.", status_code=404)
-        if int(request.headers.get("content-length") or 0) > self.max_body:
+        length = int(request.headers.get("content-length") or 0)
+        if length > self.max_body:
             return PlainTextResponse("That file is too large.", status_code=413)
         headers = [(n, v) for n, v in request.headers.raw if n.decode("latin-1").lower() not in HOP]
         if b"x-forwarded-host" not in {n.lower() for n, _ in headers}:  # an outer proxy's (a Space's) are kept
@@ -185,8 +185,7 @@ class Front:
         path = raw[len(f"/{k}") :] if "k" in request.path_params else raw
         url = f"http://127.0.0.1:{self.ports[k - 1]}{path}"
         url += f"?{request.url.query}" if request.url.query else ""
-        has_body = int(request.headers.get("content-length") or 0) or "transfer-encoding" in request.headers
-        body = self._capped(request) if has_body else None
+        body = self._capped(request) if length or "transfer-encoding" in request.headers else None
         try:
             upstream = await self._client.send(
                 self._client.build_request(request.method, url, headers=headers, content=body), stream=True
