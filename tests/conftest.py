@@ -2,7 +2,6 @@
 a learner on it, and single-threaded torch for tests of tiny tensors."""
 
 import os
-import socket
 
 import pytest
 
@@ -12,11 +11,7 @@ os.environ.setdefault("PLAYGROUND_MAX_SESSIONS", "200")
 os.environ.setdefault("PLAYGROUND_GUIDED_FAST", "1")  # guided experiments at their fast settings: seconds, same effects
 import torch
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.load_test import free_port
 
 
 @pytest.fixture(scope="session")

@@ -11,37 +11,55 @@
 #     groovy hf-gradio pydub pytz typing-extensions plotly narwhals safetensors       # about 46 MB
 #   mkdir -p .device/tools && cp ../shared/tools/*.py .device/tools/ && echo /.device/ >> .git/info/exclude
 # then the device tool's run: command "bash tests/gpu_check.sh", carry [".device"], timeout 600.
-#   PROBES=1 also runs the two probes (about 2 more minutes); GPU_CHECK_ARGS adds arguments to the bench, ROOM_ARGS
-#   to the load tests (a dry run on a CPU: GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1 --sessions 2
-#   --seconds 2" ROOM_ARGS="--sessions 3 --seconds 5").
+#   PARTS picks what runs (default "tests rooms bench"; "pausing" adds the room whose learners pause, behind the
+#   front); PROBES=1 also runs the two probes (about 2 more minutes); GPU_CHECK_ARGS adds arguments to the bench,
+#   ROOM_ARGS to the load tests (a dry run on a CPU: GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1
+#   --sessions 2 --seconds 2" ROOM_ARGS="--sessions 3 --seconds 5").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/bench}
+PARTS=${PARTS:-tests rooms bench}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 # the image's Python is "externally managed" (PEP 668): pip installs into it only when told to
 python -m pip install -q --break-system-packages --no-index --no-deps .device/wheels/*.whl 2>&1 |
   grep -v "^WARNING: Running pip as" | tail -3
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_card.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader | tee "$OUT/gpu_card.txt"
 python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gradio.__version__)" | tee -a "$OUT/gpu_card.txt"
 
 # the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~30 s
 # (not the static-step rerun: it runs on the CPU, as in CI)
-timeout 70 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py tests/test_twin.py \
-  tests/test_data.py tests/test_pool.py -k "not every_promise" 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+part tests && timeout 70 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py \
+  tests/test_twin.py tests/test_data.py tests/test_pool.py -k "not every_promise" 2>&1 | tail -25 |
+  tee "$OUT/gpu_tests.txt"
 
 # the app with 100 learners acting back to back for 60 s: behind the workshop front with this machine's processes
-# (PLAYGROUND_PROCESSES=auto), then as one process, the baseline in the same run. ~2.5 minutes each
-for processes in auto 1; do
+# (PLAYGROUND_PROCESSES=auto), then as one process, the baseline in the same run. ~2.5 minutes each. Each room's app
+# log comes back too (a start that hangs writes every process's stacks into it); a front that does not start is
+# tried again with 2 processes (is it the count or the front?)
+room() {  # room NAME PLAYGROUND_PROCESSES [load test arguments]
+  local name=$1 processes=$2
+  shift 2
+  rm -f "${TMPDIR:-/tmp}"/resnet-load-test-*.log
   # shellcheck disable=SC2086 -- ROOM_ARGS is a list of arguments
-  timeout 175 python tests/load_test.py --sessions 100 --seconds 60 --timeout 30 --deadline 165 \
-    --app-processes "$processes" ${ROOM_ARGS:-} --out "$OUT/app_room_$processes.json" 2>&1 | tail -30 |
-    tee "$OUT/app_room_$processes.txt"
-done
+  timeout 175 python tests/load_test.py --timeout 30 --app-processes "$processes" "$@" ${ROOM_ARGS:-} \
+    --out "$OUT/app_room_$name.json" 2>&1 | tail -30 | tee "$OUT/app_room_$name.txt"
+  for log in "${TMPDIR:-/tmp}"/resnet-load-test-*.log; do
+    [ -e "$log" ] && tail -c 2000000 "$log" >"$OUT/app_room_$name.log"
+  done
+  grep -q '"p95_step_ms"' "$OUT/app_room_$name.json" 2>/dev/null
+}
+if part rooms; then
+  room auto auto --sessions 100 --seconds 60 --deadline 165 || room 2 2 --sessions 100 --seconds 60 --deadline 165
+  room 1 1 --sessions 100 --seconds 60 --deadline 165
+fi
+# learners who pause (3 s on average) behind the front: sessions kept 30 s idle, so a pause never frees one
+part pausing && room auto_pausing auto --sessions 100 --seconds 40 --think 3 --idle-seconds 30 --deadline 165
 
 # every headless figure: batch 512 loops, one learner at batch 64, rooms of 100 (own streams, one stream, eager)
 # shellcheck disable=SC2086 -- GPU_CHECK_ARGS is a list of arguments
-timeout 170 python -m resnet.bench --gpu-check ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
+part bench && timeout 170 python -m resnet.bench --gpu-check ${GPU_CHECK_ARGS:-} --out "$OUT/gpu_check.json" 2>&1 |
   tee "$OUT/gpu_check.txt"
 
 if [ "${PROBES:-0}" = 1 ]; then

@@ -19,10 +19,12 @@ the app's own seats (128 on CUDA, 32 on a CPU; --seats sets PLAYGROUND_MAX_SESSI
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import signal
 import socket
 import ssl
 import statistics
@@ -446,10 +448,19 @@ class Worker:
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(span: int = 9) -> int:
+    """A port with the `span - 1` after it free too (a front's processes listen on port + 1...): below the kernel's
+    range for outgoing connections, so the harness's own thousands of connections cannot take one of them."""
+    for _ in range(200):
+        port = random.Random().randrange(20000, 32000 - span)  # not the learners' seeded sequence
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(port, port + span):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free block of ports between 20000 and 32000")
 
 
 def log_tail(path: str | None, lines: int = 25) -> str:
@@ -492,6 +503,7 @@ def start_server(
         "PLAYGROUND_IDLE_SECONDS": str(idle_seconds),
         "PLAYGROUND_PLAY_SECONDS": str(play_seconds),
         "PYTHONUNBUFFERED": "1",  # its log shows what it did up to a crash or a hang
+        "PYTHONFAULTHANDLER": "1",  # and, on SIGABRT, where each thread stood (dump_stacks)
     }
     quiet_local_env(env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the load test never needs the Hub: a call to it fails at once, not later
@@ -523,8 +535,20 @@ def start_server(
             log(f"still waiting for the app ({time.monotonic() - started:.0f} s)")
             said = time.monotonic()
         time.sleep(0.25)
+    dump_stacks(server)
     stop_server(server)
-    raise RuntimeError(f"the app did not answer within {timeout:.0f} s; its log:\n{log_tail(path)}")
+    tail = log_tail(path)
+    raise RuntimeError(f"the app did not answer within {timeout:.0f} s; its log (each stack: {path}):\n{tail}")
+
+
+def dump_stacks(server: subprocess.Popen) -> None:
+    """Where a hung app stands: SIGABRT makes each of its processes (a front's too, children first) write every
+    thread's Python stack to the log (PYTHONFAULTHANDLER, set at its start), then end."""
+    for pid in [*children(server.pid), server.pid]:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(timeout=5)
 
 
 def stop_server(server: subprocess.Popen | None) -> None:
@@ -672,6 +696,8 @@ def run(
         monitor.close()
     finally:
         STATE["phase"] = "stopping the app"
+        # the run's errors, not the stop's (a front cancels the streams still open after 5 s, and logs each)
+        server_errors = log_errors(STATE["log"]) if server else None
         stop_server(server)
         for w in workers:
             if w.proc.poll() is None:
@@ -697,7 +723,7 @@ def run(
         "error_messages": [e[:300] for e in errors[:5]],
         "errors_by_kind": by_kind,
         "monitor_errors": monitor_errors[:5],  # the harness's /room probe (not counted in errors)
-        "server_log_errors": log_errors(STATE["log"]) if server else None,
+        "server_log_errors": server_errors,
         "actions": sum(n["actions"] for n in numbers),
         "steps": len(step_ms),
         "predictions": len(predict_ms),
