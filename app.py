@@ -1434,6 +1434,8 @@ if __name__ == "__main__":
         host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
         front.serve(__file__, PROCESSES, host, port)
     else:
+        if BEHIND_FRONT:
+            front.share_card(DEVICE, PROCESSES)
         warm_up()
         demo = build_demo()
         # what is loaded by now (torch, gradio, the page: ~540k objects) is never garbage: full collections skip it

@@ -210,6 +210,21 @@ class Front:
             yield chunk
 
 
+def share_card(device, processes: int) -> None:
+    """In one of a front's processes on a GPU: take at most its share of the card's memory. Each process's caching
+    allocator keeps what it freed and gives it back only when it itself runs short, so 8 processes on an H200 held
+    ~17 GB each until the card was full and graph captures failed (their learners then stepped eagerly)."""
+    if device.type == "cuda" and processes > 1:
+        import torch
+
+        # of the device the app trains on: torch.device("cuda") names no index, and this call wants one
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        try:
+            torch.cuda.set_per_process_memory_fraction(0.9 / processes, index)  # 0.1 of the card: CUDA contexts
+        except (RuntimeError, ValueError):  # the app still serves, its memory unbounded: say so, do not stop it
+            log.exception("this process's share of the card's memory could not be set")
+
+
 def end_with_parent(front_pid: int) -> None:
     """In a process the front started: end when the front ends, even by a kill that runs no clean-up (Linux), and
     at once if it already has. Not a Popen preexec_fn: between fork and exec, loading libc can deadlock the front."""

@@ -12,9 +12,10 @@
 #   mkdir -p .device/tools && cp ../shared/tools/*.py .device/tools/ && echo /.device/ >> .git/info/exclude
 # then the device tool's run: command "bash tests/gpu_check.sh", carry [".device"], timeout 600.
 #   PARTS picks what runs (default "tests rooms bench"; "pausing" adds the room whose learners pause, behind the
-#   front); PROBES=1 also runs the two probes (about 2 more minutes); GPU_CHECK_ARGS adds arguments to the bench,
-#   ROOM_ARGS to the load tests (a dry run on a CPU: GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1
-#   --sessions 2 --seconds 2" ROOM_ARGS="--sessions 3 --seconds 5").
+#   front), ROOMS the rooms' processes (default "auto 1"); PROBES=1 also runs the two probes (about 2 more
+#   minutes); GPU_CHECK_ARGS adds arguments to the bench, ROOM_ARGS to the load tests (a dry run on a CPU:
+#   GPU_CHECK_ARGS="--device cpu --batch 8 --steps 1 --rounds 1 --sessions 2 --seconds 2"
+#   ROOM_ARGS="--sessions 3 --seconds 5").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/bench}
@@ -31,8 +32,8 @@ python -c "import torch, gradio; print('torch', torch.__version__, 'gradio', gra
 # the tests that mean something on a GPU first (graph against eager; the session's promises on CUDA): ~30 s
 # (not the static-step rerun: it runs on the CPU, as in CI)
 part tests && timeout 70 python -m pytest -q -p no:cacheprovider tests/test_graphstep.py tests/test_session.py \
-  tests/test_twin.py tests/test_data.py tests/test_pool.py -k "not every_promise" 2>&1 | tail -25 |
-  tee "$OUT/gpu_tests.txt"
+  tests/test_twin.py tests/test_data.py tests/test_pool.py tests/test_front.py -k "not every_promise and (not \
+  test_front or share_of_the_card)" 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
 
 # the app with 100 learners acting back to back for 60 s: behind the workshop front with this machine's processes
 # (PLAYGROUND_PROCESSES=auto), then as one process, the baseline in the same run. ~2.5 minutes each. Each room's app
@@ -51,8 +52,10 @@ room() {  # room NAME PLAYGROUND_PROCESSES [load test arguments]
   grep -q '"p95_step_ms"' "$OUT/app_room_$name.json" 2>/dev/null
 }
 if part rooms; then
-  room auto auto --sessions 100 --seconds 60 --deadline 165 || room 2 2 --sessions 100 --seconds 60 --deadline 165
-  room 1 1 --sessions 100 --seconds 60 --deadline 165
+  for processes in ${ROOMS:-auto 1}; do  # ROOMS: PLAYGROUND_PROCESSES to try, in turn
+    room "$processes" "$processes" --sessions 100 --seconds 60 --deadline 165 ||
+      { [ "$processes" = auto ] && room 2 2 --sessions 100 --seconds 60 --deadline 165; }
+  done
 fi
 # learners who pause (3 s on average) behind the front: sessions kept 30 s idle, so a pause never frees one
 part pausing && room auto_pausing auto --sessions 100 --seconds 40 --think 3 --idle-seconds 30 --deadline 165

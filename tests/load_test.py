@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -99,6 +100,22 @@ def rss_mb(pid: int) -> float:
         except (OSError, StopIteration):
             pass
     return total
+
+
+def card_mb(pid: int) -> float | None:
+    """GPU memory the server's processes hold (nvidia-smi: the allocators' caches and contexts too), None without
+    an NVIDIA card. Several processes' caches add up on one card, where one process's would be reused."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    ours = {pid, *children(pid)}
+    return sum(float(m) for p, m in (line.split(",") for line in out.splitlines() if "," in line) if int(p) in ours)
 
 
 def cpu_seconds(pid: int, with_children: bool = True) -> float:
@@ -471,6 +488,14 @@ def log_tail(path: str | None, lines: int = 25) -> str:
         return ""
 
 
+def log_count(path: str | None, text: str) -> int | None:
+    try:
+        with open(path, errors="replace") as f:
+            return sum(text in line for line in f)
+    except (OSError, TypeError):
+        return None
+
+
 def log_errors(path: str | None) -> dict:
     """The server log's tracebacks, and its distinct error lines (first 5): the server's side of an error."""
     try:
@@ -616,6 +641,7 @@ def run(
         if not first.ready.wait(timeout * 2):
             raise RuntimeError(f"the first learner was not set up within {timeout * 2:.0f} s")
         rss_before = rss_mb(pid) if pid else 0.0
+        card_before = card_mb(pid) if pid else None
         cpu_server, cpu_self, wall = cpu_seconds(pid) if pid else 0.0, time.process_time(), time.monotonic()
         cpu_front = cpu_seconds(pid, with_children=False) if pid else 0.0  # the started process alone (a front)
         STATE["phase"] = f"{sessions} learners"
@@ -626,6 +652,7 @@ def run(
         for i in range(procs if procs > 1 else 0):
             workers.append(Worker(i, url, seconds, rest[i::procs], timeout, think, idle_seconds))
         peak, orphans, room_peak, said = rss_before, 0, dict(room_before), time.monotonic()
+        card_peak, card_asked = card_before, time.monotonic()
         # a learner sets up (a few requests), learns for `seconds`, and its last action takes a timeout at most (a
         # Play that fails: up to 3); one still going after that is reported as stuck
         hard = time.monotonic() + seconds + 3 * timeout + 30
@@ -645,6 +672,8 @@ def run(
                 log(f"all {sessions} learners set up after {all_ready:.1f} s (connect p50/max "
                     f"{percentile(connects, 50, 2):.2f}/{max(connects, default=0):.2f} s)")  # fmt: skip
             peak = max(peak, rss_mb(pid) if pid else 0.0)
+            if card_peak is not None and time.monotonic() - card_asked >= 2:  # nvidia-smi takes ~0.1 s
+                card_peak, card_asked = max(card_peak, card_mb(pid) or 0.0), time.monotonic()
             with PLAYING_LOCK:
                 PLAYING[1] = PLAYING[0]  # the most learners in a Play while /room is asked (not the lock held)
             try:
@@ -681,7 +710,7 @@ def run(
         worker_cores = [w.result["cpu_cores"] for w in workers if w.result is not None]
         room_end = monitor.room()
         STATE["phase"] = "the learners' sessions being freed"
-        rss_after, room_after, swept = 0.0, None, time.monotonic()
+        rss_after, room_after, swept, card_after = 0.0, None, time.monotonic(), None
         if pid:
             log(f"learners done; waiting {idle_seconds + 2:.0f} s for their sessions to be freed")
             time.sleep(idle_seconds + 2)
@@ -691,6 +720,7 @@ def run(
                 visitor.close()
             time.sleep(1)
             rss_after = rss_mb(pid)
+            card_after = card_mb(pid)
             room_after = monitor.room()
         phases["sweep_s"] = round(time.monotonic() - swept, 1)
         monitor.close()
@@ -741,6 +771,12 @@ def run(
         "rss_peak_mb": round(peak),
         "rss_after_mb": round(rss_after),  # once the learners' sessions were freed (idle)
         "rss_after_over_before": round(rss_after / rss_before, 3) if rss_before else None,
+        # the card's memory in the server's processes (None without an NVIDIA card), and the learners whose step
+        # could not be captured as a CUDA graph (out of the card's memory, say) and runs eagerly, from its log
+        "card_before_mb": card_before and round(card_before),
+        "card_peak_mb": card_peak and round(card_peak),
+        "card_after_mb": card_after and round(card_after),
+        "eager_fallbacks": log_count(STATE["log"], "steps eagerly from now on") if server else None,
         "room_before": room_before,
         "room_peak": room_peak,  # the most seats taken and runs going at once
         "room_after": room_after,
@@ -761,12 +797,14 @@ def run(
         "stuck_learners": stuck,
         "phases": phases,
     }
+    card = "" if card_before is None else f"card {card_before:.0f} -> {card_peak:.0f} -> {card_after or 0:.0f} MB, "
     emit(
         f"{sessions} learners for {seconds:.0f} s on {result['device']} ({result['host']}): {len(step_ms)} steps, "
         f"{len(predict_ms)} predictions, {len(errors)} errors; step p50/p95 {result['p50_step_ms']}/"
         f"{result['p95_step_ms']} ms, predict p50/p95 {result['p50_predict_ms']}/{result['p95_predict_ms']} ms; "
         f"memory {result['rss_before_mb']} -> peak {result['rss_peak_mb']} -> after {result['rss_after_mb']} MB; "
-        f"orphaned runs {orphans}, runs after {room_end['running']}, cross-talk {result['cross_talk']}; /room p95 "
+        f"{card}eager fallbacks {result['eager_fallbacks']}; orphaned runs {orphans}, runs after "
+        f"{room_end['running']}, cross-talk {result['cross_talk']}; /room p95 "
         f"{result['room_p95_ms']} ms; CPU cores used: harness {result['harness_cpu_cores']} (busiest process "
         f"{result['harness_busiest_process_cores']}), server {server_cores}"
     )

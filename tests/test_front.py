@@ -14,6 +14,7 @@ import uuid
 
 import httpx
 import pytest
+import torch
 from gradio_client import handle_file
 
 from resnet import front
@@ -29,6 +30,18 @@ def test_app_processes_per_machine():
     assert front.processes_from("auto", cuda=False) == 1 and front.processes_from(" 3 ", cuda=True) == 3
     with pytest.raises(ValueError, match="auto"):
         front.processes_from("many", cuda=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA card's memory")
+def test_each_process_of_a_front_takes_its_share_of_the_card():
+    """The app's own device (cuda, no index) is what it passes: a GPU run found the call refusing that."""
+    try:
+        front.share_card(torch.device("cuda"), 8)
+        assert torch.cuda.get_per_process_memory_fraction() == pytest.approx(0.9 / 8)
+        front.share_card(torch.device("cuda"), 1)  # one process: the whole card, untouched
+        assert torch.cuda.get_per_process_memory_fraction() == pytest.approx(0.9 / 8)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)  # the tests after this one have the card
 
 
 def test_each_process_gets_its_share_of_the_cores(front_url):
