@@ -85,8 +85,8 @@ class Front:
             "GRADIO_ROOT_PATH": f"{outer}/{k}",  # the URLs it writes into its pages and files are the front's
             "PLAYGROUND_FRONT_PID": str(os.getpid()),  # it serves (no front of its own) and ends with this one
         }
-        # its share of the cores for torch's threads: 8 processes on 16 cores with every core each had not answered
-        # after 120 s on an H200's host, likely this (2 on 2 cores: 51 s that way, 11.5 s with one thread each)
+        # its share of the cores for torch's threads: 8 processes on an H200's 16-core host with every core each had
+        # not answered after 120 s, with 2 each they started in 21-26 s (2 on 2 cores: 51 s against 11.5 s)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.ports))))
         # `python -m resnet.front APP`: ends with the front from its first moment (boot), then runs the app
         command = [sys.executable, "-m", "resnet.front", self.app_file]
