@@ -34,14 +34,20 @@ def test_app_processes_per_machine():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA card's memory")
 def test_each_process_of_a_front_takes_its_share_of_the_card():
-    """The app's own device (cuda, no index) is what it passes: a GPU run found the call refusing that."""
+    """What one of 8 processes may hold: a tensor past its share is refused. The app's own device (cuda, no index)
+    is what it passes: a GPU run found the call refusing that."""
+    past_share = int(torch.cuda.get_device_properties(0).total_memory * 0.9 / 8) + 2**30  # bytes
     try:
+        front.share_card(torch.device("cuda"), 1)  # one process: the whole card
+        torch.empty(past_share, dtype=torch.uint8, device="cuda")  # allowed, and freed at once
+        torch.cuda.empty_cache()
         front.share_card(torch.device("cuda"), 8)
-        assert torch.cuda.get_per_process_memory_fraction() == pytest.approx(0.9 / 8)
-        front.share_card(torch.device("cuda"), 1)  # one process: the whole card, untouched
-        assert torch.cuda.get_per_process_memory_fraction() == pytest.approx(0.9 / 8)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(past_share, dtype=torch.uint8, device="cuda")
+        torch.empty(2**20, device="cuda")  # within its share
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)  # the tests after this one have the card
+        torch.cuda.set_per_process_memory_fraction(1.0)  # the tests after this one have the whole card
+        torch.cuda.empty_cache()
 
 
 def test_each_process_gets_its_share_of_the_cores(front_url):
