@@ -786,11 +786,17 @@ def step(last_x, request: gr.Request):
     return sent(view(session, last_x, report))
 
 
-@user_errors
-def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
+def steps_asked(n) -> int:
+    """Step xN's N, checked here rather than by the box's bounds: gradio's own refusal is English only."""
     n = int(n or 0)
     if not 1 <= n <= 10_000:
         raise refuse("bad_n")
+    return n
+
+
+@user_errors
+def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
+    n = steps_asked(n)
     messages, streams, label = [], ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
@@ -921,7 +927,8 @@ def classify_image(image_base64: str) -> dict[str, float]:
     accuracy on the built-in shapes: circle, square, triangle, star, heart, crescent, plus, cross, arrow, lightning).
 
     Args:
-        image_base64: the image file's bytes, base64-encoded (PNG, JPEG, GIF or WebP, at most 10 MB, any pixel size).
+        image_base64: the image file's bytes, base64-encoded (PNG, JPEG, GIF or WebP; at most 10 MB and 40
+            million pixels).
     Returns:
         The five most likely classes, each with its probability (0 to 1).
     """
@@ -1052,7 +1059,8 @@ def guided_run(experiment_id, request: gr.Request):
     streams = ChartStreams(0, 1)
     for _, report in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
         p = run.progress()
-        line = say("guided_progress", steps=p["steps"], total=p["total"], phase=p["phase"], phases=p["phases"])
+        phase = min(p["phase"] + 1, p["phases"])  # the phase under way, counted from 1
+        line = say("guided_progress", steps=p["steps"], total=p["total"], phase=phase, phases=p["phases"])
         if run.done:
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
@@ -1139,10 +1147,19 @@ def twin_reset(architecture, seed, request: gr.Request):
 
 
 @user_errors
-def twin_play(n, request: gr.Request):
-    """n twin steps (0: Play until Pause), streamed as the charts' updates."""
-    n, streams = int(n or 0), ChartStreams(*TWIN_CHARTS)
-    for twins, report in POOL.train(twin_key(request), steps=n or None, seconds=PLAY_SECONDS, make=new_twins):
+def twin_step_n(n, request: gr.Request):
+    yield from twin_train(request, steps_asked(n))
+
+
+@user_errors
+def twin_play(request: gr.Request):
+    yield from twin_train(request, None)
+
+
+def twin_train(request: gr.Request, steps: int | None):
+    """`steps` twin steps (None: until Pause), streamed as the charts' updates."""
+    streams = ChartStreams(*TWIN_CHARTS)
+    for twins, report in POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=new_twins):
         yield streams(twin_view(twins, report), report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
@@ -1208,9 +1225,7 @@ def training_panel() -> SimpleNamespace:
                     play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
                     pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
                 with gr.Row(equal_height=True):
-                    n_steps = gr.Number(
-                        50, label=I18N("n"), precision=0, minimum=1, maximum=10_000, scale=1, min_width=70
-                    )
+                    n_steps = gr.Number(50, label=I18N("n"), precision=0, scale=1, min_width=70)
                     step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
             status = gr.Markdown(elem_id="status")
             all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
@@ -1332,7 +1347,7 @@ def twins_tab() -> list:
     with gr.Row():
         twin_arch = gr.Dropdown(architecture_choices(), value="ResNet-20", label=I18N("architecture"), min_width=160)
         twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
-        twin_n = gr.Number(50, label=I18N("n"), precision=0, minimum=0, maximum=10_000, min_width=80)
+        twin_n = gr.Number(50, label=I18N("n"), precision=0, min_width=80)
         twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
         twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
         twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
@@ -1345,8 +1360,8 @@ def twins_tab() -> list:
 
     twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
     twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **TRAIN)
-    stepping = twin_step_btn.click(twin_play, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
-    playing = twin_play_btn.click(twin_play, gr.Number(0, visible=False), twin_out, api_name="twin_play", **TRAIN)
+    stepping = twin_step_btn.click(twin_step_n, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
+    playing = twin_play_btn.click(twin_play, None, twin_out, api_name="twin_play", **TRAIN)
     twin_pause_btn.click(twin_pause, None, twin_out, cancels=[playing, stepping], api_name="twin_pause")
     lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **TRAIN)
     return twin_out

@@ -217,6 +217,30 @@ def test_twins_train_side_by_side_and_lesions_chart_both(client):
     assert lesions is not None
 
 
+@pytest.mark.parametrize("api", ["/step_n", "/twin_step_n"])
+@pytest.mark.parametrize("n", [0, 10_001])
+def test_an_n_out_of_range_is_refused_in_the_learners_words_and_nothing_trains(client, api, n):
+    """The box has no bounds of its own (gradio's refusal is English only): the app says it, and N = 0 on the twins'
+    Step xN is not Play."""
+    import app
+
+    args = (n,) if api == "/twin_step_n" else (n, None)
+    with pytest.raises(AppError, match="whole number from 1 to 10000"):
+        client.predict(*args, api_name=api)
+    assert app.POOL.running(client.session_hash) == 0 and app.POOL.running(client.session_hash + ":twin") == 0
+
+
+def test_a_guided_run_counts_its_phases_from_one(client):
+    import app
+
+    first = next(iter(app.guided.EXPERIMENTS))
+    lines = [out[2] for out in client.submit(first, api_name="/guided_run")]
+    progress = [line for line in lines if line.startswith("Running")]
+    phases = len(app.guided.get(first).fast.phases)
+    assert progress and f"phase 1 of {phases}" in progress[0], progress[:2]
+    assert not any(f"phase 0 of {phases}" in line for line in progress)
+
+
 def status_step(outputs) -> int:
     return int(status_of(outputs).split("**Step ")[1].split("**")[0])
 
@@ -231,7 +255,7 @@ def test_reset_during_play_ends_the_old_run(client, how):
     play, reset, key = ("/play", "/reset", client.session_hash)
     if how == "twin_reset":
         play, reset, key = ("/twin_play", "/twin_reset", client.session_hash + ":twin")
-    job = client.submit(*([0] if how == "twin_reset" else []), api_name=play)  # twin Play: N = 0, until Pause
+    job = client.submit(api_name=play)
     next(iter(job))  # it is playing
     assert app.POOL.running(key) == 1
     if how == "reset":
