@@ -851,19 +851,19 @@ def predict(value, request: gr.Request):
     return x, dict(result["top"]), result["features"], result["picture"]
 
 
-def judged_by_us(component: gr.Image) -> gr.Image:
-    """gradio opens an upload before the handler sees it and fails on a junk or bomb file with its own message;
-    pass such a file's path on instead, so resnet.inference can say what is wrong in a learner's words."""
-    decode = component.preprocess
+class JudgedImage(gr.Image):
+    """An image input whose files the app judges: gradio opens an upload before the handler sees it and fails on a
+    junk or bomb file with its own message (and the server's paths); this passes such a file's path on instead, so
+    resnet.inference can say what is wrong in a learner's words. A class, not a patched instance: gradio builds a
+    session's own copy of a component from its class when an event updates its settings (an example's click)."""
 
-    def preprocess(payload):
+    is_template = True  # the page draws it as gradio's Image
+
+    def preprocess(self, payload):
         try:
-            return decode(payload)
+            return super().preprocess(payload)
         except Exception:  # noqa: BLE001 -- whatever it was, inference re-reads the file and explains
             return payload.path if payload is not None else None
-
-    component.preprocess = preprocess
-    return component
 
 
 def blank_sketch() -> dict:
@@ -1277,14 +1277,12 @@ def predict_tab() -> SimpleNamespace:
                     )
                     clear_btn = gr.Button(I18N("clear"), size="sm")
                 with gr.Tab(I18N("upload")):
-                    image = judged_by_us(
-                        gr.Image(
-                            type="filepath",
-                            sources=("upload", "clipboard", "webcam"),
-                            label=I18N("upload"),
-                            elem_id="upload",
-                            height=300,
-                        )
+                    image = JudgedImage(
+                        type="filepath",
+                        sources=("upload", "clipboard", "webcam"),
+                        label=I18N("upload"),
+                        elem_id="upload",
+                        height=300,
                     )
                     if examples:
                         gr.Examples(examples, inputs=image, label=I18N("examples"))

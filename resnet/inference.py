@@ -212,9 +212,7 @@ def _open(value, draft=None) -> Image.Image:
             zh=f"图片太大（{size}）；上限是 {MAX_PIXELS:,} 像素。",
         ) from None
     except UNREADABLE as e:  # UnidentifiedImageError is an OSError
-        raise ImageError(
-            f"That file is not an image we can read ({e}).", zh=f"这个文件不是能读取的图片（{e}）。"
-        ) from None
+        raise unreadable(e) from None
     with img:
         _check_size(*img.size)
         if draft and img.format == "JPEG":
@@ -234,9 +232,13 @@ def _decode(img: Image.Image) -> Image.Image:
     except ImageError:
         raise
     except UNREADABLE as e:  # a truncated or corrupt file fails here, when the pixels are decoded
-        raise ImageError(
-            f"That file is not an image we can read ({e}).", zh=f"这个文件不是能读取的图片（{e}）。"
-        ) from None
+        raise unreadable(e) from None
+
+
+def unreadable(e: Exception) -> ImageError:
+    """PIL's reason, with a file's name but not the server's folders it sits in (gradio's upload cache)."""
+    why = re.sub(r"(?:[A-Za-z]:)?[/\\](?:[^/\\'\"]*[/\\])+", "", str(e))
+    return ImageError(f"That file is not an image we can read ({why}).", zh=f"这个文件不是能读取的图片（{why}）。")
 
 
 def _from_array(a: np.ndarray) -> Image.Image:

@@ -222,6 +222,24 @@ def test_chinese_labels(browser, app_url):
         context.close()
 
 
+def test_a_junk_upload_after_an_example_gets_the_apps_message(page: Page, tmp_path):
+    """An example's click makes gradio rebuild the upload box for this page from its class: the app's judgement of
+    the file must survive that, not fall back to gradio's message with the server's folders in it."""
+    junk = tmp_path / "fake.png"
+    junk.write_bytes(b"not a png at all " * 10)
+    wait_for_step(page, 0, LOAD_MS)
+    page.get_by_role("tab", name="Predict", exact=True).click()
+    page.get_by_role("tab", name="Upload, paste or webcam", exact=True).click()
+    page.locator(".gallery-item").first.click()
+    expect(page.locator("#prediction")).to_contain_text("%", timeout=STEP_MS)
+    page.locator("#upload button[aria-label='Remove Image']").click()
+    page.locator("#upload input[type=file]").set_input_files(str(junk))
+    toast = page.locator(".toast-body").first
+    expect(toast).to_contain_text("not an image we can read", timeout=STEP_MS)
+    said = toast.inner_text()
+    assert "fake.png" in said and "preprocess" not in said and str(tmp_path) not in said, said
+
+
 def test_a_reload_keeps_the_learners_run(page: Page):
     wait_for_step(page, 0, LOAD_MS)
     expect(page.locator("#status")).to_contain_text("shared by every visitor")  # looking took no seat

@@ -213,8 +213,9 @@ def test_unusable_values_raise_image_error(value):
 def test_junk_file_named_png_gives_a_clear_message(tmp_path):
     path = tmp_path / "photo.png"
     path.write_bytes(b"\x89PNG but not really" * 10)
-    with pytest.raises(ImageError, match="not an image we can read"):
+    with pytest.raises(ImageError, match="not an image we can read") as e:
         to_image(path)
+    assert "photo.png" in str(e.value) and str(tmp_path) not in str(e.value)  # the server's folders stay private
 
 
 @pytest.mark.parametrize(
