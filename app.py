@@ -373,7 +373,9 @@ function render() {
   // traces and layout, so its own writes (zoom, legend clicks) stay out of the decoded figure; uirevision
   // carries them over as before.
   const layout = {...structuredClone(fig.layout || {}), datarevision: ++revision};
-  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false});
+  // on a phone's width the toolbar would sit on the chart's title, and a touch screen never hides it
+  const narrow = window.matchMedia('(max-width: 600px)').matches;
+  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false, displayModeBar: !narrow});
 }
 render();
 watch('value', render);

@@ -309,6 +309,11 @@ def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser
         for chart, box in zip(CHARTS, boxes):
             title = page.locator(f"{chart} .gtitle").bounding_box()
             assert box["x"] <= title["x"] and title["x"] + title["width"] <= box["x"] + box["width"], chart
+            bar = page.locator(f"{chart} .modebar")  # plotly's toolbar: on a touch screen it never hides
+            if bar.count() and bar.first.is_visible():
+                b = bar.first.bounding_box()
+                apart = b["x"] >= title["x"] + title["width"] or b["y"] >= title["y"] + title["height"]
+                assert apart, f"{chart}: the toolbar covers the title"
     finally:
         context.close()
 
