@@ -374,8 +374,8 @@ function render() {
   // carries them over as before.
   const layout = {...structuredClone(fig.layout || {}), datarevision: ++revision};
   // on a phone's width the toolbar would sit on the chart's title, and a touch screen never hides it
-  const narrow = window.matchMedia('(max-width: 600px)').matches;
-  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false, displayModeBar: !narrow});
+  const bar = !window.matchMedia('(max-width: 600px)').matches;
+  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false, displayModeBar: bar});
 }
 render();
 watch('value', render);
@@ -1067,10 +1067,14 @@ def guided_run(experiment_id, request: gr.Request):
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
         yield streams([*guided_figures(run.experiment, run.history(), run.records), line], report["end"])
+    if not run.done:  # paused: said on this run's own stream, after its "Running" lines
+        figures = guided_figures(run.experiment, run.history(), run.records)
+        yield streams([*figures, say("guided_stopped")], "stopped")
 
 
 @user_errors
 def guided_stop(request: gr.Request):
+    """Ends the run before its next turn; the run then says it stopped (one already over: this says it)."""
     POOL.stop(guided_key(request))
     return say("guided_stopped")
 
@@ -1094,8 +1098,10 @@ def guided_tab() -> None:
 
     shown = [guide, recorded, recorded_note]
     gr.on([pick.change], guided_show, pick, shown, api_name="guided_show")
-    running = run_btn.click(guided_run, pick, [live, readout, status], api_name="guided_run", **TRAIN)
-    stop_btn.click(guided_stop, None, status, cancels=[running], api_name="guided_stop")
+    run_btn.click(guided_run, pick, [live, readout, status], api_name="guided_run", **TRAIN)
+    # no `cancels`: gradio's cancel of a run kept its last "Running" line on screen over Pause's answer (seen in
+    # chromium); POOL.stop ends the run within a turn, and the run's own last word says so
+    stop_btn.click(guided_stop, None, status, api_name="guided_stop")
     return SimpleNamespace(pick=pick, shown=shown)
 
 

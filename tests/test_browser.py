@@ -362,6 +362,22 @@ def test_a_guided_experiment_runs_in_one_click_and_shows_its_claim(page: Page, e
     assert holds, f"the {experiment} chart does not show the claimed effect"
 
 
+def test_pausing_a_guided_experiment_says_it_stopped(page: Page, monkeypatch):
+    """Mid-run: at the experiment's full settings (56 layers, seconds of training), so Pause lands during a turn."""
+    import app
+
+    monkeypatch.setattr(app, "GUIDED_FAST", False)
+    wait_for_step(page, 0, LOAD_MS)
+    page.get_by_label(app.guided.get("plain_vs_residual").texts(fast=False)["title"]["en"], exact=True).check()
+    page.click("#guided_run")
+    status = page.locator("#guided_status")
+    expect(status).to_contain_text(re.compile(r"Running: [3-9] of"), timeout=GUIDED_MS)
+    page.click("#guided_stop")
+    expect(status).to_contain_text("Stopped", timeout=STEP_MS)
+    page.wait_for_timeout(3_000)  # and nothing of the run comes after it
+    expect(status).to_contain_text("Stopped")
+
+
 def test_step_latency_in_the_browser_is_measured_and_reported(page: Page):
     """From the Step click to the status line (and the charts, which arrive in the same update) against the step's
     own time: reported, not asserted (a timing on a shared 2-core machine says little alone)."""
