@@ -374,7 +374,7 @@ function render() {
   // carries them over as before.
   const layout = {...structuredClone(fig.layout || {}), datarevision: ++revision};
   // on a phone's width the toolbar would sit on the chart's title, and a touch screen never hides it
-  const bar = !window.matchMedia('(max-width: 600px)').matches;
+  const bar = !globalThis.matchMedia?.('(max-width: 600px)').matches;  // (no matchMedia: the tests' node)
   Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false, displayModeBar: bar});
 }
 render();
