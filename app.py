@@ -868,6 +868,13 @@ class JudgedImage(gr.Image):
             return payload.path if payload is not None else None
 
 
+CLEAR_PAD_JS = """() => {
+  const pad = document.querySelector('#sketch');
+  pad.querySelector('button[aria-label="Clear canvas"]')?.click();
+  setTimeout(() => pad.querySelector('button[aria-label="Brush"]')?.click(), 100);
+}"""
+
+
 def blank_sketch() -> dict:
     # a white background makes the brush active at once (with no value the pad asks to pick a tool first)
     return {"background": np.full((SKETCH_SIZE, SKETCH_SIZE, 3), 255, np.uint8), "layers": [], "composite": None}
@@ -1298,7 +1305,8 @@ def predict_tab() -> SimpleNamespace:
             label = gr.Label(num_top_classes=5, label=I18N("prediction"), elem_id="prediction")
             # png: the grids are small greyscale images, which png encodes 3x faster than the default webp
             features = gr.Gallery(label=I18N("features"), columns=4, height=220, object_fit="contain", format="png")
-    clear_btn.click(blank_sketch, None, sketch, api_visibility="private")
+    # the pad's own clear, then its brush: a new value set from the server left the pad busy after a stroke
+    clear_btn.click(None, None, None, js=CLEAR_PAD_JS)
     return SimpleNamespace(label=label, features=features, sketch=sketch, image=image)
 
 

@@ -240,6 +240,32 @@ def test_a_junk_upload_after_an_example_gets_the_apps_message(page: Page, tmp_pa
     assert "fake.png" in said and "preprocess" not in said and str(tmp_path) not in said, said
 
 
+def test_clear_drawing_right_after_a_stroke_leaves_a_pad_ready_to_draw(page: Page):
+    """It left the pad busy ("processing"), deaf to strokes, when it set a new value from the server."""
+    wait_for_step(page, 0, LOAD_MS)
+    page.get_by_role("tab", name="Predict", exact=True).click()
+    canvas = page.locator("#sketch canvas").first
+    canvas.scroll_into_view_if_needed()
+    prediction = page.locator("#prediction")
+
+    def stroke(dx: float):
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2 + dx, box["y"] + box["height"] / 2
+        page.mouse.move(x - 60, y - 60)
+        page.mouse.down()
+        for i in range(1, 9):
+            page.mouse.move(x - 60 + 15 * i, y - 60 + 15 * i)
+        page.mouse.up()
+
+    stroke(0)
+    expect(prediction).to_contain_text("%", timeout=STEP_MS)
+    page.get_by_role("button", name="Clear drawing", exact=True).click()
+    expect(prediction).not_to_contain_text("%", timeout=STEP_MS)  # an empty pad predicts nothing
+    expect(page.locator("#sketch")).not_to_contain_text("processing")
+    stroke(30)
+    expect(prediction).to_contain_text("%", timeout=STEP_MS)
+
+
 def test_a_reload_keeps_the_learners_run(page: Page):
     wait_for_step(page, 0, LOAD_MS)
     expect(page.locator("#status")).to_contain_text("shared by every visitor")  # looking took no seat
