@@ -803,7 +803,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
         progress((report["total"], n), desc="training", unit="steps")
-        messages += report["messages"]
+        messages += report.get("messages", [])  # a Pause's last report may have no steps
         shown = view(session, last_x, {**report, "messages": messages}, label(session, report["end"]))
         yield streams(shown, report["end"])
 
@@ -1073,10 +1073,9 @@ def guided_run(experiment_id, request: gr.Request):
         if run.done:
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
+        elif report["end"] == "stopped":  # paused: said on this run's own stream, after its "Running" lines
+            line = say("guided_stopped")
         yield streams([*guided_figures(run.experiment, run.history(), run.records), line], report["end"])
-    if not run.done:  # paused: said on this run's own stream, after its "Running" lines
-        figures = guided_figures(run.experiment, run.history(), run.records)
-        yield streams([*figures, say("guided_stopped")], "stopped")
 
 
 @user_errors
@@ -1131,8 +1130,8 @@ def twin_view(twins: TwinSession, report: dict | None = None) -> list:
         if hist.steps:
             held = say("twin_held", acc=hist.evals[-1]["acc"]) if hist.evals else ""
             lines.append(say("twin_line", name=say(name), loss=hist.steps[-1]["loss"], held=held))
-    for name in twins.twins if report else ():
-        lines += [f"⚠️ {say(name)}: {m}" for m in report[name]["messages"][-2:]]
+    for name in twins.twins:  # a Pause's last report may have no steps
+        lines += [f"⚠️ {say(name)}: {m}" for m in (report or {}).get(name, {}).get("messages", [])[-2:]]
     return [
         translated(charts.loss_figure(h, revision)),
         translated(charts.accuracy_figure(h, revision)),
@@ -1374,9 +1373,9 @@ def twins_tab() -> list:
 
     twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
     twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **TRAIN)
-    stepping = twin_step_btn.click(twin_step_n, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
-    playing = twin_play_btn.click(twin_play, None, twin_out, api_name="twin_play", **TRAIN)
-    twin_pause_btn.click(twin_pause, None, twin_out, cancels=[playing, stepping], api_name="twin_pause")
+    twin_step_btn.click(twin_step_n, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
+    twin_play_btn.click(twin_play, None, twin_out, api_name="twin_play", **TRAIN)
+    twin_pause_btn.click(twin_pause, None, twin_out, api_name="twin_pause")  # no `cancels`: as the main Pause
     lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **TRAIN)
     return twin_out
 
@@ -1412,9 +1411,11 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
         api_name="configure",
     )
     ui.step_btn.click(step, last_x, train_out, api_name="step", **TRAIN, **busy)
-    stepping = ui.step_n_btn.click(step_n, [ui.n_steps, last_x], train_out, api_name="step_n", **TRAIN, **busy)
-    playing = ui.play_btn.click(play, last_x, train_out, api_name="play", **TRAIN, **busy)
-    ui.pause_btn.click(pause, last_x, train_out, cancels=[playing, stepping], api_name="pause", **busy)
+    ui.step_n_btn.click(step_n, [ui.n_steps, last_x], train_out, api_name="step_n", **TRAIN, **busy)
+    ui.play_btn.click(play, last_x, train_out, api_name="play", **TRAIN, **busy)
+    # no `cancels`: an update the run had sent before Pause could reach the page after Pause's answer (a chart a
+    # point behind the status, seen in chromium); POOL.stop ends the run within a turn and its stream says so last
+    ui.pause_btn.click(pause, last_x, train_out, api_name="pause", **busy)
     ui.all_on.input(
         set_all_shortcuts, [ui.all_on, last_x], [*train_out, ui.blocks_on], api_name="all_shortcuts", **busy
     )

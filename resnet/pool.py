@@ -85,6 +85,7 @@ class SessionPool:
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
         self._runs: dict[str, object] = {}  # key -> the token of its one running Play / Step xN
+        self._paused: dict[str, object] = {}  # key -> the token of a run Pause ended, until it has said so
         self._lock = threading.Lock()
         self.workers = workers  # learners training at once
         self._slots = FairSlots(workers)
@@ -213,7 +214,10 @@ class SessionPool:
         (session, report) every `report_seconds` and at the end. A report is `session.step`'s for the steps since
         the last one, plus "total" (steps taken in this run) and "end": None, "done", or "timeout". A new run of
         the same learner, `stop`, `replace` and `close` end this one before its next turn, and it never reports
-        after that: the charts of a new session are not overwritten by an old run's steps. `step(session, n)`:
+        after that: the charts of a new session are not overwritten by an old run's steps. A run `stop` ended says
+        so last, on its own stream: a report with "end" "stopped" (its unreported steps, if any). Its stream is
+        the page's last word on the run: an update of its sent before Pause's answer can reach the page after
+        it (seen in chromium, a chart a point behind the status). `step(session, n)`:
         how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
         experiment that has run its course)."""
         session = self.get(key, make)
@@ -228,7 +232,7 @@ class SessionPool:
                     turn = min(turn, steps - total)
                 with self.compute(key, PLAY), session.lock:
                     if not self._current(key, token, session):
-                        return
+                        break
                     t = time.perf_counter()
                     report = step(session, turn) if step else session.step(turn)
                     elapsed = time.perf_counter() - t
@@ -240,15 +244,21 @@ class SessionPool:
                     end = "timeout"
                 if end or time.monotonic() - last_report >= self._report_interval():
                     if not self._current(key, token, session):
-                        return
+                        break
                     yield session, {**pending, "total": total, "end": end}
                     pending, last_report = None, time.monotonic()
                 if end:
                     return
+            with self._lock:  # not current any more: Pause's stop says so here; Reset, a new run or a leave do not
+                paused = self._paused.get(key) is token and self._sessions.get(key) is session
+            if paused:
+                yield session, {**(pending or {}), "total": total, "end": "stopped"}
         finally:
             with self._lock:
                 if self._runs.get(key) is token:
                     del self._runs[key]
+                if self._paused.get(key) is token:
+                    del self._paused[key]
 
     def _report_interval(self) -> float:
         if self.updates_per_second is None:
@@ -256,7 +266,12 @@ class SessionPool:
         return max(self.report_seconds, self.running() / self.updates_per_second)
 
     def stop(self, key: str) -> None:
-        """Pause: end the learner's run; returns once its turn in flight, if any, has finished."""
+        """Pause: end the learner's run; returns once its turn in flight, if any, has finished. The run then
+        reports "stopped" (`train`)."""
+        with self._lock:
+            token = self._runs.get(key)
+            if token is not None:
+                self._paused[key] = token
         _wait_for_chunk(self._end_run(key))
 
     def running(self, key: str | None = None) -> int:

@@ -272,6 +272,25 @@ def test_reset_during_play_ends_the_old_run(client, how):
         assert status_step(client.predict(api_name="/step")) == 2  # and nothing trains the new one behind our back
 
 
+@pytest.mark.parametrize("twins", [False, True], ids=["play", "twin_play"])
+def test_pause_ends_the_run_and_its_stream_ends_on_where_pause_stopped(client, twins):
+    """Pause cancels nothing: the run ends within a turn and its own stream's last update is Pause's step, so no
+    update the run sent before Pause can land after Pause's answer with an older step."""
+    play, pause = ("/twin_play", "/twin_pause") if twins else ("/play", "/pause")
+
+    def step_of(outputs) -> int:
+        return int((outputs[-1] if twins else status_of(outputs)).split("**Step ")[1].split("**")[0])
+
+    job = client.submit(api_name=play)
+    next(iter(job))  # it is playing
+    paused = step_of(client.predict(api_name=pause))
+    deadline = time.monotonic() + 10
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.done(), "the run went on after Pause"
+    assert step_of(job.outputs()[-1]) == paused  # the stream's last word: the step Pause showed
+
+
 def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_shows(caplog):
     import logging
     import re

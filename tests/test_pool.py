@@ -139,8 +139,25 @@ def test_a_second_play_replaces_the_first_and_pause_stops_step_n():
     second = pool.train("a", steps=10_000)
     next(second)
     assert list(first) == [] and pool.running() == 1
-    pool.stop("a")  # Pause stops Step xN too
-    assert list(second) == [] and pool.running() == 0
+    pool.stop("a")  # Pause stops Step xN too, and the run says so last, on its own stream
+    (last,) = [r for _, r in second]
+    assert last["end"] == "stopped" and pool.running() == 0
+
+
+def test_pause_has_the_run_say_it_stopped_with_every_step_it_took():
+    """The page's last word on a paused run comes on the run's own stream (an update it sent before Pause could
+    reach the page after Pause's answer): a "stopped" report whose total is every step the session took."""
+    pool = SessionPool(lambda: Stepper(0.002), max_sessions=4, turn_seconds=0.0, report_seconds=10)
+    run = pool.train("a")
+    stopper = threading.Timer(0.05, pool.stop, ["a"])
+    stopper.start()
+    reports = [r for _, r in run]  # nothing before the end: a report every 10 s
+    stopper.join()
+    session = pool.get("a")
+    assert [r["end"] for r in reports] == ["stopped"] and session.step_count > 0
+    assert reports[0]["total"] == reports[0]["done"] == session.step_count, reports[0]
+    time.sleep(0.02)
+    assert pool.get("a").step_count == session.step_count and pool.running() == 0
 
 
 def test_closing_the_tab_ends_its_run():
