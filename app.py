@@ -133,7 +133,7 @@ I18N = gr.I18n(
         "step_n": "Step ×N",
         "n": "N",
         "play": "▶ Play",
-        "pause": "❚❚ Pause",
+        "pause": "❚❚\u00a0Pause",  # no break: on a phone the button wrapped its icon onto a line of its own
         "shortcuts": "Shortcuts",
         "all_shortcuts": "All shortcuts on",
         "block_shortcuts": "Shortcut of each block",
@@ -198,7 +198,7 @@ I18N = gr.I18n(
         "step_n": "走 N 步",
         "n": "N",
         "play": "▶ 播放",
-        "pause": "❚❚ 暂停",
+        "pause": "❚❚\u00a0暂停",
         "shortcuts": "残差连接",
         "all_shortcuts": "全部残差连接开启",
         "block_shortcuts": "每个残差块的连接",
@@ -373,9 +373,21 @@ function render() {
   // traces and layout, so its own writes (zoom, legend clicks) stay out of the decoded figure; uirevision
   // carries them over as before.
   const layout = {...structuredClone(fig.layout || {}), datarevision: ++revision};
-  // on a phone's width the toolbar would sit on the chart's title, and a touch screen never hides it
-  const bar = !globalThis.matchMedia?.('(max-width: 600px)').matches;  // (no matchMedia: the tests' node)
-  Plotly.react(div, fig.data.map(t => ({...t})), layout, {responsive: true, displaylogo: false, displayModeBar: bar});
+  // on a phone's width the toolbar would sit on the chart's title (a touch screen never hides it), and a legend
+  // beside the plot would take half its width: no toolbar, and the legend in rows under the plot, the chart that
+  // much taller (a legend shows for two or more named lines, heatmaps aside, unless the figure says otherwise)
+  const phone = globalThis.matchMedia?.('(max-width: 600px)').matches;  // (no matchMedia: the tests' node)
+  if (phone) {
+    const named = fig.data.filter(t => t.name && (t.showlegend ?? t.type !== 'heatmap')).length;
+    const rows = (layout.showlegend ?? named > 1) ? Math.ceil(named / 2) : 0;
+    layout.height = 300 + 22 * rows;  // plotly does not measure its div again on a react: both, told
+    div.style.height = `${layout.height}px`;
+    layout.margin = {...layout.margin, b: (layout.margin?.b ?? 35) + 22 * rows + (rows ? 15 : 0)};
+    layout.legend = {...layout.legend, orientation: 'h', x: 0, xanchor: 'left', yref: 'container', y: 0,
+                     yanchor: 'bottom'};
+  }
+  const config = {responsive: true, displaylogo: false, displayModeBar: !phone};
+  Plotly.react(div, fig.data.map(t => ({...t})), layout, config);
 }
 render();
 watch('value', render);

@@ -636,7 +636,7 @@ def before_after_figure(readout: dict, revision=0) -> dict:
     return {"data": data, "layout": layout}
 
 
-SWITCH_TEXT = "Switch a shortcut and train on: bars compare each layer before and after"
+SWITCH_TEXT = "Switch a shortcut and train on:<br>bars compare each layer<br>before and after"  # fits a phone
 
 
 def switch_placeholder(revision=0) -> dict:
@@ -671,7 +671,7 @@ ZH_WHOLE = {
     "held-out accuracy": "留出集准确率",
     "layer, input → output": "层，从输入到输出",
     EMPTY_TEXT: "按“单步”或“▶ 播放”开始",
-    SWITCH_TEXT: "开关一个残差连接后继续训练：柱状图比较每一层在切换前后的梯度",
+    SWITCH_TEXT: "开关一个残差连接后继续训练：<br>柱状图比较每一层<br>在切换前后的梯度",
     "Before and after your latest shortcut switch": "你最近一次开关残差连接的前后对比",
 }
 ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
