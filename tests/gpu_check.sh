@@ -6,9 +6,10 @@
 # Filling .device/wheels (here, with the package registries; the device has no network), for the image's Python 3.12:
 #   pip download -d .device/wheels --no-deps --only-binary=:all: --python-version 3.12 --platform any \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
 #     gradio==6.31.0 gradio-client==2.7.2 fastapi starlette "pydantic==2.12.5" "pydantic-core==2.41.5" annotated-types \
 #     typing-inspection opentelemetry-api uvicorn orjson brotli python-multipart safehttpx semantic-version tomlkit \
-#     groovy hf-gradio pydub pytz typing-extensions plotly narwhals safetensors       # about 46 MB
+#     groovy hf-gradio pydub pytz typing-extensions plotly narwhals safetensors py-spy==0.4.3     # about 49 MB
 #   mkdir -p .device/tools && cp ../shared/tools/*.py .device/tools/ && echo /.device/ >> .git/info/exclude
 # then the device tool's run: command "bash tests/gpu_check.sh", carry [".device"], timeout 600.
 #   PARTS picks what runs (default "tests rooms bench"; "pausing" adds the room whose learners pause, behind the
@@ -38,14 +39,16 @@ part tests && timeout 70 python -m pytest -q -p no:cacheprovider tests/test_grap
 # the app with 100 learners acting back to back for 60 s: behind the workshop front with this machine's processes
 # (PLAYGROUND_PROCESSES=auto), then as one process, the baseline in the same run. ~2.5 minutes each. Each room's app
 # log comes back too (a start that hangs writes every process's stacks into it); a front that does not start is
-# tried again with 2 processes (is it the count or the front?)
+# tried again with 2 processes (is it the count or the front?). Each JSON's gil_profile says where the server's
+# Python time went (py-spy, carried as a wheel, attached to the app's processes; its note says if it could not be)
 room() {  # room NAME PLAYGROUND_PROCESSES [load test arguments]
   local name=$1 processes=$2
   shift 2
   rm -f "${TMPDIR:-/tmp}"/resnet-load-test-*.log
   # shellcheck disable=SC2086 -- ROOM_ARGS is a list of arguments
   timeout 175 python tests/load_test.py --timeout 30 --app-processes "$processes" "$@" ${ROOM_ARGS:-} \
-    --out "$OUT/app_room_$name.json" 2>&1 | tail -30 | tee "$OUT/app_room_$name.txt"
+    --profile "${TMPDIR:-/tmp}/gil_$name.txt" --out "$OUT/app_room_$name.json" 2>&1 | tail -30 |
+    tee "$OUT/app_room_$name.txt"
   for log in "${TMPDIR:-/tmp}"/resnet-load-test-*.log; do
     [ -e "$log" ] && tail -c 2000000 "$log" >"$OUT/app_room_$name.log"
   done

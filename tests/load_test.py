@@ -14,6 +14,10 @@ and its latencies are its own: --procs spreads the learners over processes), and
 Progress lines go to stdout as they happen; every wait has a deadline (the app's start, each request, the whole
 run); the last line is one JSON object, or {"error": ...} with a non-zero exit.
 
+--profile FILE samples the started server's Python (its processes too) while the learners act, with py-spy if it
+is installed: only while a thread holds the GIL, the time that a process's requests queue behind. The JSON then
+says what share of the run the GIL was held and where: the functions (with their callees) with the most samples.
+
 For a GPU room (100 learners, 60 s, inside a few minutes): --sessions 100 --seconds 60 --timeout 30 --deadline 300;
 the app's own seats (128 on CUDA, 32 on a CPU; --seats sets PLAYGROUND_MAX_SESSIONS) need not count the harness.
 """
@@ -566,6 +570,75 @@ def start_server(
     raise RuntimeError(f"the app did not answer within {timeout:.0f} s; its log (each stack: {path}):\n{tail}")
 
 
+class GilProfile:
+    """py-spy sampling a server's processes, counting only samples where a thread holds the GIL (--gil), without
+    pausing them (--nonblocking): where its Python time goes under load. Without py-spy, says so."""
+
+    def __init__(self, path: str, pid: int, seconds: float, rate: int = 100):
+        self.path, self.rate, self.proc, self.began, self.note = Path(path), rate, None, time.monotonic(), None
+        spy = shutil.which("py-spy")
+        if spy is None:
+            self.note = "py-spy is not installed"
+            return
+        argv = [spy, "record", "--gil", "--nonblocking", "--subprocesses", "-r", str(rate), "-d", str(int(seconds)),
+                "-f", "raw", "-o", str(self.path), "-p", str(pid)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def result(self, top: int = 40) -> dict:
+        """Stop sampling; per process, the share of the run with its GIL held; the top functions' shares."""
+        if self.proc is None:
+            return {"note": self.note}
+        wall = time.monotonic() - self.began
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes what it has on ^C
+            self.proc.wait(15)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if not self.path.exists():
+            return {"note": f"py-spy wrote nothing: {(self.proc.stderr.read() or '')[-300:]}"}
+        return {"wall_s": round(wall, 1), **gil_shares(self.path, wall * self.rate, top)}
+
+
+# frames every stack of a thread or of the event loop has: no information about where the time went
+PLUMBING = ("[threading.py]", "Runner.run [", "asyncio_run [", "Server.run [uvicorn", "BaseEventLoop.run_")
+
+
+def gil_shares(raw: Path, possible: float, top: int = 40) -> dict:
+    """py-spy's raw output (a stack per line, root first: `process PID:"command"`, a child's under its parent's,
+    then frames `function (file:line)`, joined by ';', then a count) -> per process, the share of `possible`
+    samples with its GIL held; per function (file without its line), its share of the held samples with callees
+    ("top") and alone ("self")."""
+    per_process, inclusive, alone, held = {}, {}, {}, 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        held += n
+        owner = None
+        while frames and frames[0].startswith("process "):  # a front's processes come under the front's
+            owner = frames.pop(0).split(":")[0]
+        if owner:
+            per_process[owner] = per_process.get(owner, 0) + n
+        names = []
+        for frame in frames:
+            function, _, where = frame.partition(" (")
+            path = where.rsplit(":", 1)[0].split("site-packages/")[-1]
+            names.append(f"{function} [{path}]")
+        for name in set(names):
+            if not any(p in name for p in PLUMBING):
+                inclusive[name] = inclusive.get(name, 0) + n
+        if names:
+            alone[names[-1]] = alone.get(names[-1], 0) + n
+
+    def ranked(counts: dict, k: int) -> list:
+        return [[name, round(c / held, 3)] for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:k]]
+
+    shares = sorted((round(c / possible, 3) for c in per_process.values()), reverse=True) if possible else []
+    return {"gil_held_share_per_process": shares, "samples": held, "top": ranked(inclusive, top),
+            "self": ranked(alone, top // 2)}  # fmt: skip
+
+
 def dump_stacks(server: subprocess.Popen) -> None:
     """Where a hung app stands: SIGABRT makes each of its processes (a front's too, children first) write every
     thread's Python stack to the log (PYTHONFAULTHANDLER, set at its start), then end."""
@@ -605,10 +678,12 @@ def run(
     start_timeout: float = 120,
     procs: int = 1,
     app_processes: int | str | None = None,
+    profile: str | None = None,
 ) -> dict:
     """`sessions` learners for `seconds` s each (from their own start), against `url` or an app started here with
     `seats` seats (None: the app's default). Every request has `timeout` s. The first learner runs here (its
-    session is the memory baseline); the others in this process, or spread over `procs` worker processes."""
+    session is the memory baseline); the others in this process, or spread over `procs` worker processes.
+    `profile`: a file for the started server's GIL profile (GilProfile) while the learners act."""
     began = time.monotonic()
     server, phases = None, {}
     PLAYING[:] = [0, 0]
@@ -644,6 +719,7 @@ def run(
         card_before = card_mb(pid) if pid else None
         cpu_server, cpu_self, wall = cpu_seconds(pid) if pid else 0.0, time.process_time(), time.monotonic()
         cpu_front = cpu_seconds(pid, with_children=False) if pid else 0.0  # the started process alone (a front)
+        spy = GilProfile(profile, pid, seconds + 2 * timeout) if profile and pid else None
         STATE["phase"] = f"{sessions} learners"
         where = "in this process" if procs == 1 else f"in {procs} worker processes"
         log(f"first learner ready ({first.device}); server memory {rss_before:.0f} MB; {sessions - 1} more {where}")
@@ -701,6 +777,7 @@ def run(
                     f"{so_far}room {room}, /room {room_ms[-1]:.0f} ms; server {peak:.0f} MB at most")  # fmt: skip
             time.sleep(0.5)
         phases["run_s"] = round(time.monotonic() - wall, 1)
+        gil = spy.result() if spy else None
         if going():
             log(f"the run's deadline came with {going()} learners or processes still waiting")
         server_cores = round((cpu_seconds(pid) - cpu_server) / (time.monotonic() - wall), 2) if pid else None
@@ -796,6 +873,7 @@ def run(
         "started_process_cpu_cores": front_cores,  # of those, the process started here (with a front: the front)
         "stuck_learners": stuck,
         "phases": phases,
+        "gil_profile": gil,  # --profile: the share of the run a server process's GIL was held, and by what
     }
     card = "" if card_before is None else f"card {card_before:.0f} -> {card_peak:.0f} -> {card_after or 0:.0f} MB, "
     emit(
@@ -918,6 +996,7 @@ def main(argv=None):
     p.add_argument("--deadline", type=float, default=None, help="the most the whole run may take, s (from the rest)")
     p.add_argument("--client-poll-ms", type=float, default=5.0, help="gradio_client's polling, ms (5; 50: as shipped)")
     p.add_argument("--out", default=None, help="also write the JSON there (a bare name: under assets/bench/)")
+    p.add_argument("--profile", default=None, help="py-spy's raw GIL samples of the started app go there")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # learners for a parent run
     p.add_argument("--seeds", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -950,6 +1029,7 @@ def main(argv=None):
                 start_timeout=args.start_timeout,
                 procs=args.procs if args.procs is not None else auto_procs(args.sessions),
                 app_processes=args.app_processes,
+                profile=args.profile,
             )
         write(result, args.out)
         code = 0

@@ -81,3 +81,25 @@ def test_a_bare_out_name_lands_in_assets_bench(tmp_path, monkeypatch):
     monkeypatch.setattr(load_test, "BENCH_DIR", tmp_path / "bench")
     load_test.write({"a": 1}, "x.json")
     assert json.loads((tmp_path / "bench" / "x.json").read_text()) == {"a": 1}
+
+
+def test_a_gil_profile_says_each_process_share_and_where_the_time_went(tmp_path):
+    """py-spy's raw lines (root first, a count last) -> per process the share of the run its GIL was held, and the
+    functions' shares with callees and alone, with the plumbing every stack has left out."""
+    raw = tmp_path / "gil.txt"
+    raw.write_text(
+        'process 11:"python app.py";Thread.run (threading.py:1012);step (app.py:790);Session.step '
+        "(resnet/session.py:520) 30\n"
+        'process 11:"python app.py";Thread.run (threading.py:1012);predict (app.py:880) 10\n'
+        'process 10:"python -m resnet.front";process 12:"python app.py";Handle._run (asyncio/events.py:80);process_api '
+        "(/usr/lib/python3.12/site-packages/gradio/blocks.py:2100) 20\n"
+    )
+    found = load_test.gil_shares(raw, possible=100)
+    assert found["gil_held_share_per_process"] == [0.4, 0.2] and found["samples"] == 60
+    top = dict(found["top"])
+    assert top["step [app.py]"] == top["Session.step [resnet/session.py]"] == 0.5
+    assert top["process_api [gradio/blocks.py]"] == round(20 / 60, 3) and top["predict [app.py]"] == round(10 / 60, 3)
+    assert not any("threading.py" in name for name in top)  # a thread's start is in every stack: no information
+    assert dict(found["self"]) == {
+        "Session.step [resnet/session.py]": 0.5, "process_api [gradio/blocks.py]": 0.333, "predict [app.py]": 0.167
+    }  # fmt: skip
