@@ -263,6 +263,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "numbers": "Type a number for the learning rate and the batch size.",
         "bad_n": "N must be a whole number from 1 to 10000.",
         "timeout": "Paused after {minutes:.0f} minutes of play; press Play to go on.",
+        "replaced": "Stopped here: a newer Play or Step ×N of yours (in this tab or another) trains this network now.",
         "no_image": "Draw or upload an image first (Predict tab).",
         "no_label": "Choose the class this image shows.",
         "taught": "Step {step} on your image alone, labelled **{label}**: loss {loss:.4f} "
@@ -309,6 +310,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "numbers": "请为学习率和批大小输入数字。",
         "bad_n": "N 必须是 1 到 10000 之间的整数。",
         "timeout": "已连续播放 {minutes:.0f} 分钟，自动暂停；按“播放”继续。",
+        "replaced": "已在此停止：你新开始的“播放”或“走 N 步”（本页或另一个标签页）正在训练这个网络。",
         "no_image": "请先画一个图形或上传一张图片（“预测”标签页）。",
         "no_label": "请选择这张图片所属的类别。",
         "taught": "只用你的图片（标注为 **{label}**）训练了一步，即第 {step} 步：损失 {loss:.4f}"
@@ -815,7 +817,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n):
         progress((report["total"], n), desc="training", unit="steps")
-        messages += report.get("messages", [])  # a Pause's last report may have no steps
+        messages += [*report.get("messages", []), *run_ended(report)]  # a Pause's last report may have no steps
         shown = view(session, last_x, {**report, "messages": messages}, label(session, report["end"]))
         yield streams(shown, report["end"])
 
@@ -825,9 +827,15 @@ def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
     streams, label = ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
     for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
+        report = {**report, "messages": [*report.get("messages", []), *run_ended(report)]}
         yield streams(view(session, last_x, report, label(session, report["end"])), report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
+
+
+def run_ended(report: dict) -> list[str]:
+    """Why a run ended, where its page would not know otherwise: a newer run took its network over."""
+    return [say("replaced")] if report["end"] == "replaced" else []
 
 
 @user_errors
@@ -1186,7 +1194,9 @@ def twin_train(request: gr.Request, steps: int | None):
     """`steps` twin steps (None: until Pause), streamed as the charts' updates."""
     streams = ChartStreams(*TWIN_CHARTS)
     for twins, report in POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=new_twins):
-        yield streams(twin_view(twins, report), report["end"])
+        shown = twin_view(twins, report)
+        shown[-1] += "".join(f"  \n⚠️ {m}" for m in run_ended(report))
+        yield streams(shown, report["end"])
         if report["end"] == "timeout":
             gr.Info(say("timeout", minutes=PLAY_SECONDS / 60))
 

@@ -217,7 +217,8 @@ class SessionPool:
         after that: the charts of a new session are not overwritten by an old run's steps. A run `stop` ended says
         so last, on its own stream: a report with "end" "stopped" (its unreported steps, if any). Its stream is
         the page's last word on the run: an update of its sent before Pause's answer can reach the page after
-        it (seen in chromium, a chart a point behind the status). `step(session, n)`:
+        it (seen in chromium, a chart a point behind the status). A run a newer run of the same session replaced
+        (another tab's Play) ends with "replaced", so its page knows why it stopped. `step(session, n)`:
         how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
         experiment that has run its course)."""
         session = self.get(key, make)
@@ -249,10 +250,13 @@ class SessionPool:
                     pending, last_report = None, time.monotonic()
                 if end:
                     return
-            with self._lock:  # not current any more: Pause's stop says so here; Reset, a new run or a leave do not
-                paused = self._paused.get(key) is token and self._sessions.get(key) is session
-            if paused:
-                yield session, {**(pending or {}), "total": total, "end": "stopped"}
+            with self._lock:  # not current any more: ended by Pause, or by a newer run on the same network (another
+                # tab's Play) which this run's page would not see otherwise; Reset or a leave: nothing to say
+                same = self._sessions.get(key) is session
+                paused = same and self._paused.get(key) is token
+                replaced = same and not paused and key in self._runs
+            if paused or replaced:
+                yield session, {**(pending or {}), "total": total, "end": "stopped" if paused else "replaced"}
         finally:
             with self._lock:
                 if self._runs.get(key) is token:

@@ -291,6 +291,19 @@ def test_pause_ends_the_run_and_its_stream_ends_on_where_pause_stopped(client, t
     assert step_of(job.outputs()[-1]) == paused  # the stream's last word: the step Pause showed
 
 
+def test_a_run_a_newer_run_took_over_says_so_on_its_page(client):
+    """Play, then Step xN of the same learner (as from a second tab): the Play's stream ends saying why, instead of
+    leaving its page on a status that silently stops moving."""
+    job = client.submit(api_name="/play")
+    next(iter(job))  # it is playing
+    out = client.predict(3, None, api_name="/step_n")
+    assert "Stopped here" not in status_of(out)
+    deadline = time.monotonic() + 10
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.done() and "Stopped here: a newer Play or Step ×N" in status_of(job.outputs()[-1])
+
+
 def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_shows(caplog):
     import logging
     import re

@@ -138,7 +138,8 @@ def test_a_second_play_replaces_the_first_and_pause_stops_step_n():
     next(first)
     second = pool.train("a", steps=10_000)
     next(second)
-    assert list(first) == [] and pool.running() == 1
+    (last,) = [r for _, r in first]  # the first run's page is told why it stopped (another tab's Play, say)
+    assert last["end"] == "replaced" and pool.running() == 1
     pool.stop("a")  # Pause stops Step xN too, and the run says so last, on its own stream
     (last,) = [r for _, r in second]
     assert last["end"] == "stopped" and pool.running() == 0
