@@ -454,16 +454,20 @@ def user_errors(fn):
     Also sets LANG for the handler from its request, so what it shows follows the browser's language."""
 
     def explain(e: Exception):
+        # each message in one line of the log, or the bug's traceback once (ours): gradio would print a traceback
+        # of its queue for every error shown, a learner's typo as loud as a bug
         if isinstance(e, gr.Error):
             return e
         if isinstance(e, UserError):  # bad image, setting, dataset or checkpoint; a full room
-            return gr.Error(e.text(LANG.get()))
+            log.info("%s refused: %s", fn.__name__, e.text("en"))
+            return gr.Error(e.text(LANG.get()), print_exception=False)
         if isinstance(e, torch.OutOfMemoryError):
             graphstep.empty_cache()  # release what the failed step held; the session's weights are untouched
-            return gr.Error(say("oom"))
+            log.warning("%s ran out of the device's memory: %s", fn.__name__, str(e).splitlines()[0][:200])
+            return gr.Error(say("oom"), print_exception=False)
         request_id = uuid.uuid4().hex[:8]
         log.exception("request %s: handler %s failed", request_id, fn.__name__)
-        return gr.Error(say("bug", id=request_id))
+        return gr.Error(say("bug", id=request_id), print_exception=False)
 
     def language(args, kwargs) -> str:
         request = next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
@@ -915,7 +919,7 @@ def teach_step(last_x, label, layer, request: gr.Request):
     with POOL.compute(learner(request)):
         record = session.teach(x, y)
     if "rejected" in record:
-        raise gr.Error(record["rejected"])
+        raise gr.Error(record["rejected"], print_exception=False)  # a diverged step: the learner's, no bug
     text = say("taught", step=record["step"], label=label, loss=record["loss"])
     figure = translated(charts.gradient_tensor_figure([record["grads"]], layer, titles=(say("this_step"),)))
     bars = translated(charts.grad_norm_bars_figure({say("this_step"): record["grad_norm"]}))

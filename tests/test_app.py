@@ -319,13 +319,18 @@ def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_
             raise UserError("The learning rate must be a number in (0, 10000].")
         raise ValueError("Expected size 3 but got size 4 for tensor number 1 in the list")  # a library's internals
 
-    with pytest.raises(gr.Error, match="learning rate must be"):
+    with caplog.at_level(logging.INFO, logger="playground"), pytest.raises(gr.Error, match="rate must be") as shown:
         handler("user")
+    # one line in the log, and no traceback from gradio's queue: a learner's typo is not a bug
+    assert "handler refused: The learning rate must be" in caplog.text and "Traceback" not in caplog.text
+    assert not shown.value.print_exception
+    caplog.clear()
     with caplog.at_level(logging.ERROR, logger="playground"), pytest.raises(gr.Error) as shown:
         handler("internal")
     assert "tensor number" not in shown.value.message
     request_id = re.search(r"request ([0-9a-f]{8})", shown.value.message).group(1)
     assert request_id in caplog.text and "tensor number 1" in caplog.text  # logged in full, under the id shown
+    assert "Traceback" in caplog.text and not shown.value.print_exception  # once: ours, not gradio's again
 
 
 def test_charts_at_step_0_say_how_to_start_and_stop_saying_it_after_a_step(client):
