@@ -9,6 +9,7 @@ learner has at most one run at a time, and Pause, a second Play, Reset or closin
 """
 
 import ctypes
+import math
 import threading
 import time
 from collections import deque
@@ -86,6 +87,7 @@ class SessionPool:
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
         self._runs: dict[str, object] = {}  # key -> the token of its one running Play / Step xN
         self._paused: dict[str, object] = {}  # key -> the token of a run Pause ended, until it has said so
+        self._stopped_at: dict[str, float] = {}  # key -> its last Pause (time.monotonic()): for a run still starting
         self._lock = threading.Lock()
         self.workers = workers  # learners training at once
         self._slots = FairSlots(workers)
@@ -155,6 +157,7 @@ class SessionPool:
             gone = [self._sessions.pop(key, None) for key in keys]
             for key in keys:
                 self._used.pop(key, None)
+                self._stopped_at.pop(key, None)
         if any(s is not None for s in gone):
             release_memory()
 
@@ -176,6 +179,7 @@ class SessionPool:
         for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
+            self._stopped_at.pop(key, None)
         return bool(idle)
 
     # --- the hardware ----------------------------------------------------------------------------------------
@@ -221,11 +225,14 @@ class SessionPool:
         (another tab's Play) ends with "replaced", so its page knows why it stopped. `step(session, n)`:
         how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
         experiment that has run its course)."""
-        session = self.get(key, make)
-        token = object()
+        began, token = time.monotonic(), object()
+        session = self.get(key, make)  # a first training action makes the session: ~0.1 s, Pause may come meanwhile
         _wait_for_chunk(self._end_run(key))  # one run per learner: a second Play replaces the first
         with self._lock:
             self._runs[key] = token
+            if self._stopped_at.get(key, -math.inf) >= began:  # a Pause after this Play, before it was running
+                del self._runs[key]
+                self._paused[key] = token
         start, turn, total, pending, last_report = time.monotonic(), self.turn_steps, 0, None, time.monotonic()
         try:
             while True:
@@ -273,6 +280,8 @@ class SessionPool:
         """Pause: end the learner's run; returns once its turn in flight, if any, has finished. The run then
         reports "stopped" (`train`)."""
         with self._lock:
+            if key in self._sessions:  # (a seat being made counts: a first Play makes it)
+                self._stopped_at[key] = time.monotonic()
             token = self._runs.get(key)
             if token is not None:
                 self._paused[key] = token

@@ -161,6 +161,22 @@ def test_pause_has_the_run_say_it_stopped_with_every_step_it_took():
     assert pool.get("a").step_count == session.step_count and pool.running() == 0
 
 
+def test_a_pause_while_a_first_play_is_still_making_the_session_stops_that_play():
+    """Pause no longer cancels the Play event: a Pause that lands while the Play is starting (its learner's first
+    training action builds the session) must still end it, not leave it training for its whole time."""
+    pool = SessionPool(lambda: (time.sleep(0.3), Stepper())[1], max_sessions=4, turn_seconds=0.0, report_seconds=10)
+    reports = []
+    play = threading.Thread(target=lambda: reports.extend(r for _, r in pool.train("a", seconds=30)))
+    play.start()
+    time.sleep(0.1)  # the Play is making the session
+    pool.stop("a")
+    play.join(5)
+    assert not play.is_alive(), "the Play went on after a Pause that came while it started"
+    assert [r["end"] for r in reports] == ["stopped"] and pool.get("a").step_count == 0
+    next(pool.train("a", steps=1))  # and a Play after that Pause trains as ever
+    assert pool.get("a").step_count == 1
+
+
 def test_closing_the_tab_ends_its_run():
     pool = fast_pool()
     run = pool.train("a")
