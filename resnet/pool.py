@@ -85,8 +85,7 @@ class SessionPool:
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
         self._used: dict[str, float] = {}
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
-        self._runs: dict[str, object] = {}  # key -> the token of its one running Play / Step xN
-        self._paused: dict[str, object] = {}  # key -> the token of a run Pause ended, until it has said so
+        self._runs: dict[str, Run] = {}  # key -> its one running Play / Step xN
         self._stopped_at: dict[str, float] = {}  # key -> its last Pause (time.monotonic()): for a run still starting
         self._lock = threading.Lock()
         self.workers = workers  # learners training at once
@@ -225,14 +224,14 @@ class SessionPool:
         (another tab's Play) ends with "replaced", so its page knows why it stopped. `step(session, n)`:
         how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
         experiment that has run its course)."""
-        began, token = time.monotonic(), object()
+        began, token = time.monotonic(), Run()
         session = self.get(key, make)  # a first training action makes the session: ~0.1 s, Pause may come meanwhile
-        _wait_for_chunk(self._end_run(key))  # one run per learner: a second Play replaces the first
+        _wait_for_chunk(self._end_run(key, "replaced"))  # one run per learner: a second Play replaces the first
         with self._lock:
-            self._runs[key] = token
             if self._stopped_at.get(key, -math.inf) >= began:  # a Pause after this Play, before it was running
-                del self._runs[key]
-                self._paused[key] = token
+                token.ended = "stopped"
+            else:
+                self._runs[key] = token
         start, turn, total, pending, last_report = time.monotonic(), self.turn_steps, 0, None, time.monotonic()
         try:
             while True:
@@ -257,19 +256,16 @@ class SessionPool:
                     pending, last_report = None, time.monotonic()
                 if end:
                     return
-            with self._lock:  # not current any more: ended by Pause, or by a newer run on the same network (another
-                # tab's Play) which this run's page would not see otherwise; Reset or a leave: nothing to say
+            # not current any more: ended by Pause, or by a newer run on the same network (another tab's Play),
+            # which this run's page would not see otherwise; by Reset or a leave: nothing to say
+            with self._lock:
                 same = self._sessions.get(key) is session
-                paused = same and self._paused.get(key) is token
-                replaced = same and not paused and key in self._runs
-            if paused or replaced:
-                yield session, {**(pending or {}), "total": total, "end": "stopped" if paused else "replaced"}
+            if token.ended and same:
+                yield session, {**(pending or {}), "total": total, "end": token.ended}
         finally:
             with self._lock:
                 if self._runs.get(key) is token:
                     del self._runs[key]
-                if self._paused.get(key) is token:
-                    del self._paused[key]
 
     def _report_interval(self) -> float:
         if self.updates_per_second is None:
@@ -282,20 +278,20 @@ class SessionPool:
         with self._lock:
             if key in self._sessions:  # (a seat being made counts: a first Play makes it)
                 self._stopped_at[key] = time.monotonic()
-            token = self._runs.get(key)
-            if token is not None:
-                self._paused[key] = token
-        _wait_for_chunk(self._end_run(key))
+        _wait_for_chunk(self._end_run(key, "stopped"))
 
     def running(self, key: str | None = None) -> int:
         """Runs (Play, Step xN) in progress on the server, or of one learner (0 or 1)."""
         with self._lock:
             return len(self._runs) if key is None else int(key in self._runs)
 
-    def _end_run(self, key: str):
-        """Take the learner's run token away; returns their session, whose lock a turn in flight holds."""
+    def _end_run(self, key: str, why: str | None = None):
+        """Take the learner's run token away, saying `why` to the run ("stopped", "replaced"; None: nothing to
+        say); returns their session, whose lock a turn in flight holds."""
         with self._lock:
-            self._runs.pop(key, None)
+            run = self._runs.pop(key, None)
+            if run is not None:
+                run.ended = why
             return self._sessions.get(key)
 
     def _current(self, key: str, token, session) -> bool:
@@ -323,6 +319,15 @@ def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, *
         settings = {"workers": 1, "turn_seconds": 0.35}
     settings["updates_per_second"] = ROOM_UPDATES_PER_SECOND
     return SessionPool(make, max_sessions, idle_seconds, **{**settings, **changes})
+
+
+class Run:
+    """A Play's or Step xN's token: current while the pool holds it; once taken away, why (`train`'s last report)."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self):
+        self.ended: str | None = None
 
 
 def _wait_for_chunk(session) -> None:

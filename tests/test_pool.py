@@ -145,6 +145,16 @@ def test_a_second_play_replaces_the_first_and_pause_stops_step_n():
     assert last["end"] == "stopped" and pool.running() == 0
 
 
+def test_a_run_replaced_by_one_already_over_still_says_it_was_replaced():
+    """The newer run (Step x2 from another tab) can be over before the old Play looks again: it must still say
+    why it stopped (a busy server ran it so in the app's tests)."""
+    pool = fast_pool()
+    first = pool.train("a")
+    next(first)
+    assert [r["end"] for _, r in pool.train("a", steps=2)] == ["done"]
+    assert [r["end"] for _, r in first] == ["replaced"] and pool.running() == 0
+
+
 def test_pause_has_the_run_say_it_stopped_with_every_step_it_took():
     """The page's last word on a paused run comes on the run's own stream (an update it sent before Pause could
     reach the page after Pause's answer): a "stopped" report whose total is every step the session took."""
