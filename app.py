@@ -688,10 +688,16 @@ def reset(
 ):
     session = own_or_shared(request)
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
-    fresh = new_session(
-        dataset, architecture, int(seed or 0), data=own, optimizer=optimizer, lr=float(lr), batch_size=int(batch)
-    )
+    fresh = new_session(dataset, architecture, data=own, **settings_asked(seed, optimizer, lr, batch))
     return switch_to(fresh, session, last_x, request)
+
+
+def settings_asked(seed, optimizer, lr, batch) -> dict:
+    """The Training box's settings for a new session (Reset, Train on my zip): the session checks their ranges
+    (a seed past 32 bits, a batch of 0: a clear refusal); an emptied number box is refused here."""
+    if lr is None or batch is None:
+        raise refuse("numbers")
+    return {"seed": seed or 0, "optimizer": optimizer, "lr": lr, "batch_size": batch}
 
 
 def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
@@ -713,15 +719,7 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
         raise refuse("no_zip")
     data = zipdata.load_zip(path)
     session = own_or_shared(request)
-    fresh = new_session(
-        data.name,
-        architecture,
-        int(seed or 0),
-        data=data,
-        optimizer=optimizer,
-        lr=float(lr),
-        batch_size=int(batch),
-    )
+    fresh = new_session(data.name, architecture, data=data, **settings_asked(seed, optimizer, lr, batch))
     gr.Info(say("zip_ok", train=len(data.train_y), test=len(data.test_y), classes=len(data.classes)))
     return switch_to(fresh, session, last_x, request)
 
@@ -1180,7 +1178,7 @@ def twin_start(request: gr.Request):
 
 @user_errors
 def twin_reset(architecture, seed, request: gr.Request):
-    POOL.replace(twin_key(request), new_twins(architecture, int(seed or 0)))
+    POOL.replace(twin_key(request), new_twins(architecture, seed or 0))  # the session checks the seed
     return sent(twin_view(POOL.get(twin_key(request))), TWIN_CHARTS)
 
 

@@ -154,8 +154,11 @@ class Session:
         # channels_last is faster for convs on CUDA and on x86 CPUs (oneDNN), fp32 and bf16 alike
         self.memory_format = torch.channels_last if self.device.type in ("cuda", "cpu") else torch.contiguous_format
         self.data = data.to(self.device) if data is not None else load_dataset(self.config.dataset, self.device)
-        if self.config.batch_size > len(self.data.train_y):  # a learner's small zip may hold fewer images
-            self.config = replace(self.config, batch_size=len(self.data.train_y))
+        batch_size, n_train = self.config.batch_size, len(self.data.train_y)
+        if _number(batch_size) and n_train < batch_size <= MAX_BATCH:  # a learner's small zip may hold fewer images
+            batch_size = n_train
+        check_batch_size(batch_size, n_train)  # as configure does: a batch of 0 failed at the first step
+        self.config = replace(self.config, batch_size=int(batch_size))
         self.model_config = replace(model_config or ResNetConfig(), num_classes=len(self.data.classes))
         self.reset(self.config.seed)
 
@@ -164,6 +167,7 @@ class Session:
         """Fresh weights from `seed`, empty history; the learner's lr, optimizer and batch size are kept."""
         with self.lock:
             if seed is not None:
+                check_seed(seed)
                 self.config = replace(self.config, seed=int(seed))
             if model_config is not None:
                 self.model_config = replace(model_config, num_classes=len(self.data.classes))
@@ -654,8 +658,21 @@ def check_lr(lr: float) -> None:
         )
 
 
+MAX_BATCH = 4096  # images per step at most: more is no lesson, and a room's memory
+
+
+def check_seed(seed: int) -> None:
+    """A seed every generator the session seeds takes (torch's overflow error past 64 bits is no message for a
+    learner who typed a long number)."""
+    if not _number(seed) or seed != int(seed) or not 0 <= seed < 2**32:
+        raise UserError(
+            f"the seed must be a whole number from 0 to {2**32 - 1}; got {seed!r}",
+            zh=f"随机种子必须是 0 到 {2**32 - 1} 之间的整数；收到的是 {seed!r}",
+        )
+
+
 def check_batch_size(batch_size: int, n_train: int) -> None:
-    top = min(n_train, 4096)
+    top = min(n_train, MAX_BATCH)
     if not _number(batch_size) or batch_size != int(batch_size) or not 1 <= batch_size <= top:
         raise UserError(
             f"batch size must be a whole number from 1 to {top}; got {batch_size!r}",

@@ -304,6 +304,22 @@ def test_a_run_a_newer_run_took_over_says_so_on_its_page(client):
     assert job.done() and "Stopped here: a newer Play or Step ×N" in status_of(job.outputs()[-1])
 
 
+@pytest.mark.parametrize(
+    ("seed", "lr", "batch", "said"),
+    [(10**30, 1e-3, 64, "seed must be"), (0, None, 64, "Type a number"), (0, 1e-3, None, "Type a number"),
+     (0, 1e-3, 0, "batch size must be")],
+)  # fmt: skip
+def test_reset_with_settings_that_cannot_work_says_why_and_keeps_the_learners_network(client, seed, lr, batch, said):
+    """A long seed overflowed torch's generator and an emptied box failed on float(None): both showed the bug
+    message; a batch of 0 was taken and failed at the first step."""
+    from gradio_client.exceptions import AppError
+
+    client.predict(api_name="/step")
+    with pytest.raises(AppError, match=said):
+        client.predict("shapes", "notebook (0.6M parameters)", seed, "adam", lr, batch, None, api_name="/reset")
+    assert status_step(client.predict(api_name="/step")) == 2  # the same network, trained on
+
+
 def test_a_users_mistake_is_shown_and_an_internal_error_is_logged_with_an_id_it_shows(caplog):
     import logging
     import re

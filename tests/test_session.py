@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet import charts
-from resnet.data import normalize
+from resnet.data import make_shapes, normalize
 from resnet.errors import UserError
 from resnet.session import History, Session, TrainConfig, thin
 
@@ -142,6 +142,21 @@ def test_lr_optimizer_and_batch_size_change_mid_run():
     assert isinstance(s.optimizer, torch.optim.SGD) and s.config.batch_size == 8 and s.config.lr == 0.05
     with pytest.raises(UserError, match="unknown optimizer"):
         Session(TrainConfig(optimizer="lion", batch_size=8))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"seed": 2**40}, {"seed": -1}, {"seed": 1.5}, {"batch_size": 0}, {"batch_size": 10**5}, {"lr": 0}]
+)
+def test_a_new_session_refuses_what_would_fail_later_with_a_message(bad):
+    """Reset's settings: a seed past 32 bits overflowed torch's generator (a traceback), a batch of 0 was taken
+    and failed at the first step."""
+    with pytest.raises(UserError, match="seed|batch size|learning rate"):
+        Session(TrainConfig(**{"batch_size": 8, **bad}))
+
+
+def test_a_batch_larger_than_a_small_dataset_takes_all_of_it():
+    few = make_shapes(n_train=40, n_test=10)  # a learner's zip of a few images
+    assert Session(TrainConfig(batch_size=64), data=few).config.batch_size == 40
 
 
 def test_evaluation_is_the_models_held_out_loss_and_accuracy_in_eval_mode():
