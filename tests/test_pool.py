@@ -155,6 +155,19 @@ def test_a_run_replaced_by_one_already_over_still_says_it_was_replaced():
     assert [r["end"] for _, r in first] == ["replaced"] and pool.running() == 0
 
 
+def test_a_play_another_tab_replaces_says_so_when_both_run_on_threads():
+    """As the app runs them (a thread each): the old Play looks again while the new run waits for its turn; a
+    browser found it silent when it judged by the pool's runs at that moment rather than by its own token."""
+    pool = SessionPool(lambda: Stepper(0.02), max_sessions=4, turn_seconds=0.05, report_seconds=0.05)
+    ends: list = []
+    first = threading.Thread(target=lambda: ends.extend(r["end"] for _, r in pool.train("a")))
+    first.start()
+    time.sleep(0.3)
+    list(pool.train("a", steps=3))  # the other tab's Step x3
+    first.join(5)
+    assert ends and ends[-1] == "replaced", ends
+
+
 def test_pause_has_the_run_say_it_stopped_with_every_step_it_took():
     """The page's last word on a paused run comes on the run's own stream (an update it sent before Pause could
     reach the page after Pause's answer): a "stopped" report whose total is every step the session took."""
