@@ -388,7 +388,8 @@ function render() {
     layout.legend = {...layout.legend, orientation: 'h', x: 0, xanchor: 'left', yref: 'container', y: 0,
                      yanchor: 'bottom'};
   }
-  const config = {responsive: true, displaylogo: false, displayModeBar: !phone};
+  // 'hover', plotly's own default, on a desktop: true would show the toolbar always, over the titles
+  const config = {responsive: true, displaylogo: false, displayModeBar: phone ? false : 'hover'};
   Plotly.react(div, fig.data.map(t => ({...t})), layout, config);
 }
 render();

@@ -321,6 +321,20 @@ def test_every_tab_in_chinese_shows_no_english(browser, app_url):
         context.close()
 
 
+def test_on_a_desktop_the_chart_toolbar_shows_only_under_the_mouse(page: Page):
+    """Plotly's toolbar sits over a chart's title: shown always (displayModeBar true), it hid every title."""
+    wait_for_step(page, 0, LOAD_MS)
+    page.click("#step")
+    wait_for_step(page, 1)
+    opacity = "(c) => getComputedStyle(document.querySelector(c + ' .modebar-group')).opacity"
+    page.mouse.move(1, 1)
+    for chart in CHARTS:
+        assert page.evaluate(opacity, chart) == "0", f"{chart}: the toolbar shows without the mouse over it"
+    page.hover(f"{CHARTS[0]} .nsewdrag")
+    page.wait_for_timeout(500)
+    assert page.evaluate(opacity, CHARTS[0]) == "1", "the toolbar should show under the mouse"
+
+
 def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser, app_url):
     context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True)
     try:
