@@ -806,11 +806,11 @@ def step(last_x, request: gr.Request):
 
 
 def steps_asked(n) -> int:
-    """Step xN's N, checked here rather than by the box's bounds: gradio's own refusal is English only."""
-    n = int(n or 0)
-    if not 1 <= n <= 10_000:
+    """Step xN's N, checked here rather than by the box's bounds (gradio's own refusal is English only) or its
+    precision (which rounded 2.5 to 2 unsaid)."""
+    if not isinstance(n, (int, float)) or not math.isfinite(n) or n != int(n) or not 1 <= n <= 10_000:
         raise refuse("bad_n")
-    return n
+    return int(n)
 
 
 @user_errors
@@ -1264,7 +1264,7 @@ def training_panel() -> SimpleNamespace:
                     play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
                     pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
                 with gr.Row(equal_height=True):
-                    n_steps = gr.Number(50, label=I18N("n"), precision=0, scale=1, min_width=70)
+                    n_steps = gr.Number(50, label=I18N("n"), scale=1, min_width=70)  # steps_asked checks it
                     step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
             status = gr.Markdown(elem_id="status")
             all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
@@ -1385,7 +1385,7 @@ def twins_tab() -> list:
     with gr.Row():
         twin_arch = gr.Dropdown(architecture_choices(), value="ResNet-20", label=I18N("architecture"), min_width=160)
         twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
-        twin_n = gr.Number(50, label=I18N("n"), precision=0, min_width=80)
+        twin_n = gr.Number(50, label=I18N("n"), min_width=80)  # steps_asked checks it
         twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
         twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
         twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)

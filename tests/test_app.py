@@ -218,7 +218,7 @@ def test_twins_train_side_by_side_and_lesions_chart_both(client):
 
 
 @pytest.mark.parametrize("api", ["/step_n", "/twin_step_n"])
-@pytest.mark.parametrize("n", [0, 10_001])
+@pytest.mark.parametrize("n", [0, 10_001, 2.5])
 def test_an_n_out_of_range_is_refused_in_the_learners_words_and_nothing_trains(client, api, n):
     """The box has no bounds of its own (gradio's refusal is English only): the app says it, and N = 0 on the twins'
     Step xN is not Play."""
