@@ -113,7 +113,7 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
     return layout
 
 
-EMPTY_TEXT = "Press Step or ▶ Play"
+EMPTY_TEXT = "Press ▶ Play or a Step button"  # the twins' tab has Step ×N only
 
 
 def _figure(data: list[dict], layout: dict) -> dict:
@@ -636,7 +636,7 @@ def before_after_figure(readout: dict, revision=0) -> dict:
     return {"data": data, "layout": layout}
 
 
-SWITCH_TEXT = "Switch a shortcut and train on:<br>bars compare each layer<br>before and after"  # fits a phone
+SWITCH_TEXT = "Train, switch a shortcut,<br>train on: bars compare each<br>layer before and after it"  # fits a phone
 
 
 def switch_placeholder(revision=0) -> dict:
@@ -670,8 +670,8 @@ ZH_WHOLE = {
     "bypassed block": "被绕过的残差块",
     "held-out accuracy": "留出集准确率",
     "layer, input → output": "层，从输入到输出",
-    EMPTY_TEXT: "按“单步”或“▶ 播放”开始",
-    SWITCH_TEXT: "开关一个残差连接后继续训练：<br>柱状图比较每一层<br>在切换前后的梯度",
+    EMPTY_TEXT: "按“▶ 播放”或一个“步”按钮开始",
+    SWITCH_TEXT: "先训练，再开关一个残差连接，<br>继续训练：柱状图比较每一层<br>在切换前后的梯度",
     "Before and after your latest shortcut switch": "你最近一次开关残差连接的前后对比",
 }
 ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings

@@ -353,10 +353,10 @@ def test_charts_at_step_0_say_how_to_start_and_stop_saying_it_after_a_step(clien
     fresh = client.predict(*RESET, api_name="/reset")
     for fig in map(figure, fresh[:4]):  # loss, accuracy, gradient norms, heatmap
         texts = [a["text"] for a in fig["layout"]["annotations"]]
-        assert "Press Step or ▶ Play" in texts and fig["layout"]["xaxis"]["range"] == [0, 100]
+        assert "Press ▶ Play or a Step button" in texts and fig["layout"]["xaxis"]["range"] == [0, 100]
     stepped = client.predict(api_name="/step")
     for fig in map(figure, stepped[:4]):
-        assert "Press Step or ▶ Play" not in [a["text"] for a in fig["layout"]["annotations"]]
+        assert "Press ▶ Play or a Step button" not in [a["text"] for a in fig["layout"]["annotations"]]
 
 
 def test_a_learner_takes_their_run_away_as_csv(client):
@@ -401,7 +401,9 @@ def test_the_twins_tab_shows_axes_and_how_to_start_before_any_twin_exists():
 
     seats = len(app.POOL)
     *figures, status = app.twin_start(SimpleNamespace(session_hash="a page that only looks", headers={}))
-    assert all("Press Step or ▶ Play" in [a["text"] for a in figure(f)["layout"]["annotations"]] for f in figures)
+    assert all(
+        "Press ▶ Play or a Step button" in [a["text"] for a in figure(f)["layout"]["annotations"]] for f in figures
+    )
     assert "first click" in status and len(app.POOL) <= seats  # and looking built no twins
 
 
@@ -424,7 +426,7 @@ def test_a_chinese_browser_gets_its_errors_in_chinese(app_url, tmp_path):
 
 def test_a_shortcut_switch_gets_a_before_after_readout_per_layer(client):
     first = client.predict(api_name="/step")
-    assert "Switch a shortcut" in figure(first[6])["layout"]["annotations"][0]["text"]  # nothing to compare yet
+    assert "switch a shortcut" in figure(first[6])["layout"]["annotations"][0]["text"]  # nothing to compare yet
     client.predict(api_name="/step")
     client.predict(False, api_name="/all_shortcuts")
     client.predict(api_name="/step")
