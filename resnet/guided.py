@@ -277,8 +277,9 @@ EXPERIMENTS = {
                 "继续训练 {train[2]} 步。",
             ),
             watch=Text(
-                "The message under Step, and the loss chart: the rejected step adds no point.",
-                "单步按钮下方的提示，以及损失曲线：被拒绝的那一步不会留下数据点。",
+                "The loss chart: the rejected step adds no point, only an orange dashed line; the line under Run "
+                "counts the rejected steps at the end.",
+                "损失曲线：被拒绝的那一步不会留下数据点，只有一条橙色虚线；结束时，“运行”按钮下方的文字会统计被拒绝的步数。",
             ),
             expect=Text(
                 "At lr 1000 one step would replace every weight with something many times its size. The guard finds "

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from resnet import guided
+from resnet import charts, guided
 from resnet.errors import UserError
 from resnet.guided import EXPERIMENTS, GuidedRun, before_after, effect
 from resnet.model import notebook_config
@@ -58,6 +58,11 @@ def test_the_numbers_behind_each_claim():
     assert rejected["rejected"] == 1 and rejected["done"] == 0 and rejected["moved"] == 0.0
     assert phases[0]["moved"] > 0 and rejected["to"] == rejected["step"] == phases[0]["to"]
     assert "rejected" in rejected["messages"][0] and lr.session.config.lr == pytest.approx(1e-3)
+    # what its "watch" text points at: the loss chart has no point at the rejected step, an orange dashed line there
+    loss = charts.loss_figure(lr.history())
+    assert loss["data"][0]["x"] == list(range(1, lr.session.step_count + 1))  # a point per step taken, no more
+    lines = [s for s in loss["layout"]["shapes"] if s["x0"] == rejected["step"]]
+    assert (charts.EVENT_COLOURS["rejected"], "dash") in [(s["line"]["color"], s["line"]["dash"]) for s in lines]
 
     drawing = GuidedRun("drawing_gradients", fast=True).finish()
     grads = drawing.records[0]
