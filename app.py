@@ -286,6 +286,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "on {cpu}, {date}, in {seconds:.0f} s: {readout}",
         "guided_progress": "Running: {steps} of {total} training steps, phase {phase} of {phases}.",
         "guided_stopped": "Stopped. Run it again to start over.",
+        "guided_replaced": "Stopped: an experiment was started again (in this tab or another).",
         "twin_idle": "Pick a depth, then Step ×N or ▶ Play: the twins are built at the first click.",
         "not_base64": "The image must be the file's bytes, base64-encoded.",
         "too_big": "The image is larger than {mb} MB.",
@@ -333,6 +334,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}",
         "guided_progress": "运行中：第 {steps}/{total} 个训练步，第 {phase}/{phases} 个阶段。",
         "guided_stopped": "已停止。再次运行会从头开始。",
+        "guided_replaced": "已停止：又有一个实验开始运行了（本页或另一个标签页）。",
         "twin_idle": "选择深度，然后按“走 N 步”或“▶ 播放”：第一次点击时才会创建这两个网络。",
         "not_base64": "图片必须是文件内容的 base64 编码。",
         "too_big": "图片超过了 {mb} MB。",
@@ -1082,23 +1084,33 @@ def guided_show(experiment_id, request: gr.Request):
 
 
 @user_errors
+def guided_pick(experiment_id, request: gr.Request):
+    """Another experiment picked: a run under way stops (it went on under the new one's text) and says so."""
+    POOL.stop(guided_key(request))
+    return guided_show(experiment_id, request)
+
+
+@user_errors
 def guided_run(experiment_id, request: gr.Request):
     """Set the experiment up on a network of its own, run it a turn at a time, and check its claim at the end."""
     key, lang = guided_key(request), LANG.get()
     run = guided.GuidedRun(experiment_id, fast=GUIDED_FAST)
     POOL.get(key, make=lambda: run.session)  # a seat (the room may be full), then this run's network in it
     POOL.replace(key, run.session)
-    streams = ChartStreams(0, 1)
+    streams, end = ChartStreams(0, 1), None
     for _, report in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
+        end = report["end"]
         p = run.progress()
         phase = min(p["phase"] + 1, p["phases"])  # the phase under way, counted from 1
         line = say("guided_progress", steps=p["steps"], total=p["total"], phase=phase, phases=p["phases"])
         if run.done:
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
-        elif report["end"] == "stopped":  # paused: said on this run's own stream, after its "Running" lines
+        elif end in ("stopped", "timeout"):  # paused: said on this run's own stream, after its "Running" lines
             line = say("guided_stopped")
-        yield streams([*guided_figures(run.experiment, run.history(), run.records), line], report["end"])
+        yield streams([*guided_figures(run.experiment, run.history(), run.records), line], end)
+    if end is None and not run.done:  # ended unsaid: a new run of the experiments took its seat (here, another tab)
+        yield gr.skip(), gr.skip(), say("guided_replaced")
 
 
 @user_errors
@@ -1126,7 +1138,7 @@ def guided_tab() -> None:
     (recorded,) = chart_row("guided-recorded")
 
     shown = [guide, recorded, recorded_note]
-    gr.on([pick.change], guided_show, pick, shown, api_name="guided_show")
+    pick.input(guided_pick, pick, shown, api_name="guided_show")  # the learner's pick; the page's load shows the first
     run_btn.click(guided_run, pick, [live, readout, status], api_name="guided_run", **TRAIN)
     # no `cancels`: gradio's cancel of a run kept its last "Running" line on screen over Pause's answer (seen in
     # chromium); POOL.stop ends the run within a turn, and the run's own last word says so

@@ -230,6 +230,30 @@ def test_an_n_out_of_range_is_refused_in_the_learners_words_and_nothing_trains(c
     assert app.POOL.running(client.session_hash) == 0 and app.POOL.running(client.session_hash + ":twin") == 0
 
 
+@pytest.mark.parametrize("then", ["run again", "pick another"])
+def test_a_guided_run_ended_by_a_newer_run_or_another_pick_says_it_stopped(client, then):
+    """A second tab's Run left the first tab saying "Running" for ever; picking another experiment mid-run left the
+    old run going under the new one's text."""
+    import app
+
+    first, other = list(app.guided.EXPERIMENTS)[:2]
+    job = client.submit(first, api_name="/guided_run")
+    next(iter(job))  # it is running
+    if then == "run again":
+        second = client.submit(first, api_name="/guided_run")
+        said = "an experiment was started again"
+    else:
+        client.predict(other, api_name="/guided_show")
+        said = "Stopped. Run it again"
+    deadline = time.monotonic() + 20
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.done() and said in job.outputs()[-1][2]
+    if then == "run again":
+        client.predict(api_name="/guided_stop")
+        second.result()
+
+
 def test_a_guided_run_counts_its_phases_from_one(client):
     import app
 
