@@ -873,7 +873,15 @@ def predict(value, request: gr.Request):
     if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
         return None, None, [], None
     session = own_or_shared(request)
-    x = inference.to_tensor(value, channels=session.model_config.in_channels)
+    try:
+        x = inference.to_tensor(value, channels=session.model_config.in_channels)
+    except inference.ImageError as e:
+        if str(e) != inference.EMPTY:
+            raise
+        # the pad emptied (its own Undo of the last stroke, say): said, and the last drawing's prediction cleared,
+        # not left under gradio's error badges as if it were this drawing's
+        gr.Warning(e.text(LANG.get()))
+        return None, None, [], None
     result = PREDICTIONS.predict(session, x)
     return x, dict(result["top"]), result["features"], result["picture"]
 

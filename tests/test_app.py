@@ -106,12 +106,18 @@ def test_a_bad_upload_gets_a_clear_message_and_the_session_goes_on(client, tmp_p
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
 
 
-def test_an_empty_drawing_says_so(client, tmp_path):
+def test_an_empty_drawing_says_so_and_clears_the_last_drawings_prediction(client, tmp_path):
+    """The pad emptied by its own Undo: an error kept the last stroke's prediction on screen under error badges."""
+    import app
+
     path = tmp_path / "blank.png"
     Image.new("RGB", (280, 280), "white").save(path)
     payload = {"background": handle_file(str(path)), "layers": [], "composite": handle_file(str(path)), "id": None}
-    with pytest.raises(AppError, match="empty"):
-        client.predict(payload, api_name="/predict_sketch")
+    label, gallery, preview = client.predict(payload, api_name="/predict_sketch")
+    assert not label and gallery == [] and preview is None
+    request = SimpleNamespace(session_hash=client.session_hash, headers={})  # in-process: gradio's Warning warns
+    with pytest.warns(UserWarning, match="The drawing is empty"):
+        app.predict({"background": str(path), "layers": [], "composite": str(path)}, request)
 
 
 @pytest.mark.parametrize("lr, batch", [(0, 64), (-1, 64), (1e6, 64), (0.001, 0), (0.001, 10**6)])
