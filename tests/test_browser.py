@@ -262,8 +262,14 @@ def test_clear_drawing_right_after_a_stroke_leaves_a_pad_ready_to_draw(page: Pag
     page.get_by_role("button", name="Clear drawing", exact=True).click()
     expect(prediction).not_to_contain_text("%", timeout=STEP_MS)  # an empty pad predicts nothing
     expect(page.locator("#sketch")).not_to_contain_text("processing")
+    assert page.get_by_text("The drawing is empty").count() == 0  # Clear is asked for: nothing to warn about
     stroke(30)
     expect(prediction).to_contain_text("%", timeout=STEP_MS)
+    # the pad's own Undo of its only stroke: said, and the stroke's prediction goes, with no error badge over it
+    page.locator("#sketch").get_by_role("button", name="Undo").click()
+    expect(page.get_by_text("The drawing is empty")).to_be_visible(timeout=STEP_MS)
+    expect(prediction).not_to_contain_text("%", timeout=STEP_MS)
+    expect(prediction).not_to_contain_text("Error")
 
 
 def test_a_reload_keeps_the_learners_run(page: Page):
