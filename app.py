@@ -14,6 +14,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -527,6 +528,24 @@ def refuse(key: str, **values):
     return UserError(SAY["en"][key].format(**values), zh=SAY["zh"][key].format(**values))
 
 
+# A rejected step's message, as the session writes it (resnet.session.Session._record), for the Chinese page
+REJECTED = re.compile(r"step (\d+) rejected: (.+) \(lr (\S+) too large\?\); weights restored")
+REJECTED_ZH = {"loss not finite": "损失不是有限值", "gradients or weights not finite": "梯度或权重不是有限值",
+               "diverged": "发散"}  # fmt: skip
+UPDATE_ZH = re.compile(r"an update (\d+)x the size of its layer's weights")
+
+
+def in_language(message: str) -> str:
+    """A training message from the session in the request's language (it writes English)."""
+    found = REJECTED.fullmatch(message) if LANG.get() == "zh" else None
+    if not found:
+        return message
+    step, reason, lr = found.groups()
+    big = UPDATE_ZH.fullmatch(reason)
+    reason = f"更新量是该层权重的 {big.group(1)} 倍" if big else REJECTED_ZH.get(reason, reason)
+    return f"第 {step} 步被拒绝：{reason}（学习率 {lr} 太大？）；权重已恢复"
+
+
 # --- what the handlers show -------------------------------------------------------------------------------------
 def status_text(session: Session, report: dict | None = None) -> str:
     s, h = session.summary(), session.history
@@ -543,7 +562,7 @@ def status_text(session: Session, report: dict | None = None) -> str:
     elif s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
         lines.append(say("pretrained"))
     for message in (report or {}).get("messages", [])[-3:]:
-        lines.append(f"⚠️ {message}")
+        lines.append(f"⚠️ {in_language(message)}")
     return "  \n".join(lines)
 
 
@@ -928,7 +947,7 @@ def teach_step(last_x, label, layer, request: gr.Request):
     with POOL.compute(learner(request)):
         record = session.teach(x, y)
     if "rejected" in record:
-        raise gr.Error(record["rejected"], print_exception=False)  # a diverged step: the learner's, no bug
+        raise gr.Error(in_language(record["rejected"]), print_exception=False)  # a diverged step: no bug
     text = say("taught", step=record["step"], label=label, loss=record["loss"])
     figure = translated(charts.gradient_tensor_figure([record["grads"]], layer, titles=(say("this_step"),)))
     bars = translated(charts.grad_norm_bars_figure({say("this_step"): record["grad_norm"]}))
@@ -1174,7 +1193,7 @@ def twin_view(twins: TwinSession, report: dict | None = None) -> list:
             held = say("twin_held", acc=hist.evals[-1]["acc"]) if hist.evals else ""
             lines.append(say("twin_line", name=say(name), loss=hist.steps[-1]["loss"], held=held))
     for name in twins.twins:  # a Pause's last report may have no steps
-        lines += [f"⚠️ {say(name)}: {m}" for m in (report or {}).get(name, {}).get("messages", [])[-2:]]
+        lines += [f"⚠️ {say(name)}: {in_language(m)}" for m in (report or {}).get(name, {}).get("messages", [])[-2:]]
     return [
         translated(charts.loss_figure(h, revision)),
         translated(charts.accuracy_figure(h, revision)),

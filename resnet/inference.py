@@ -206,10 +206,10 @@ def _open(value, draft=None) -> Image.Image:
         img = Image.open(value)  # lazy: reads the header only, so the size check below costs nothing
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses > 2 * MAX_IMAGE_PIXELS on its own
-        size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
+        size, size_zh = (f"{int(pixels[1]):,} pixels", f"{int(pixels[1]):,} 像素") if pixels else ("too many", "过多")
         raise ImageError(
             f"The image is too large ({size}); the limit is {MAX_PIXELS:,} pixels.",
-            zh=f"图片太大（{size}）；上限是 {MAX_PIXELS:,} 像素。",
+            zh=f"图片太大（{size_zh}）；上限是 {MAX_PIXELS:,} 像素。",
         ) from None
     except UNREADABLE as e:  # UnidentifiedImageError is an OSError
         raise unreadable(e) from None

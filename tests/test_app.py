@@ -466,3 +466,19 @@ def test_a_shortcut_switch_gets_a_before_after_readout_per_layer(client):
     before, after = readout["data"]
     assert before["x"] == after["x"] and "stem" in before["x"] and len(before["x"]) >= 8  # one pair per layer
     assert all(r is None or r >= 0 for r in before["customdata"])  # after/before (0: an unused projection)
+
+
+def test_a_rejected_steps_message_is_in_chinese_on_the_chinese_page():
+    """The session writes English; a learner on the Chinese page read "step 3 rejected: an update 18655x ..."."""
+    import app
+
+    session = app.new_session(lr=1000, batch_size=8)
+    messages = session.step(2)["messages"]
+    assert messages, "lr 1000 should have had a step rejected"
+    token = app.LANG.set("zh")
+    try:
+        shown = [app.in_language(m) for m in messages]
+    finally:
+        app.LANG.reset(token)
+    assert all("被拒绝" in m and "权重已恢复" in m and "rejected" not in m for m in shown), shown
+    assert app.in_language(messages[0]) == messages[0]  # the English page: as written

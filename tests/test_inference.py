@@ -179,8 +179,9 @@ def png_claiming(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("size", [(7000, 7000), (30000, 30000)], ids=["over-MAX_PIXELS", "over-PIL-limit"])
 def test_huge_images_are_refused_before_decoding(size):
-    with pytest.raises(ImageError, match="too large"):
+    with pytest.raises(ImageError, match="too large") as refused:
         to_tensor(png_claiming(*size))
+    assert "pixels" not in refused.value.text("zh") and "像素" in refused.value.text("zh")  # one language at a time
 
 
 def test_huge_arrays_are_refused(monkeypatch):
