@@ -127,6 +127,7 @@ I18N = gr.I18n(
         "architecture": "Network",
         "seed": "Seed",
         "reset": "Reset",
+        "on_reset": "applies when you press Reset",
         "optimizer": "Optimizer",
         "lr": "Learning rate",
         "batch": "Batch size",
@@ -192,6 +193,7 @@ I18N = gr.I18n(
         "architecture": "网络",
         "seed": "随机种子",
         "reset": "重置",
+        "on_reset": "按“重置”后生效",
         "optimizer": "优化器",
         "lr": "学习率",
         "batch": "批大小",
@@ -1312,11 +1314,15 @@ def training_panel() -> SimpleNamespace:
                 optimizer = gr.Radio(OPTIMIZER_CHOICES, value="adam", label=I18N("optimizer"))
                 lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
                 batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
-                dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"))
+                # these three make a new network: a change shows only after Reset, and says so
+                dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"), info=I18N("on_reset"))
                 architecture = gr.Dropdown(
-                    architecture_choices(), value=list(ARCHITECTURES)[0], label=I18N("architecture")
+                    architecture_choices(),
+                    value=list(ARCHITECTURES)[0],
+                    label=I18N("architecture"),
+                    info=I18N("on_reset"),
                 )
-                seed = gr.Number(0, label=I18N("seed"), precision=0)
+                seed = gr.Number(0, label=I18N("seed"), precision=0, info=I18N("on_reset"))
                 reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
         with gr.Column(scale=3):
             loss_chart, acc_chart = chart_row("chart-loss", "chart-acc")
