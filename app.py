@@ -132,7 +132,7 @@ I18N = gr.I18n(
         "lr": "Learning rate",
         "batch": "Batch size",
         "step": "Step",
-        "step_n": "Step ×N",
+        "step_n": "Step\u00a0×N",  # no break: on a phone it wrapped onto two lines
         "n": "N",
         "play": "▶ Play",
         "pause": "❚❚\u00a0Pause",  # no break: on a phone the button wrapped its icon onto a line of its own
@@ -198,7 +198,7 @@ I18N = gr.I18n(
         "lr": "学习率",
         "batch": "批大小",
         "step": "单步",
-        "step_n": "走 N 步",
+        "step_n": "走\u00a0N\u00a0步",
         "n": "N",
         "play": "▶ 播放",
         "pause": "❚❚\u00a0暂停",

@@ -255,7 +255,16 @@ def grad_heatmap_figure(history, revision=0, max_points: int = 150) -> dict:
     title = "Gradient norm heatmap" + (f" ({label})" if label else "")
     return _figure(
         data,
-        _layout(title, "", revision, _events(history), labels=False, yaxis={"automargin": True}),
+        # automargin: room for the axes' names beside and under the layers' (on a phone "step" sat on the ticks)
+        _layout(
+            title,
+            "",
+            revision,
+            _events(history),
+            labels=False,
+            yaxis={"automargin": True},
+            xaxis={"title": {"text": "step"}, "automargin": True},
+        ),  # fmt: skip
     )
 
 
@@ -528,7 +537,8 @@ def routes_figure(routes: list[dict], revision=0, max_points: int = 200) -> dict
             )
     return _figure(
         data,
-        _layout("Gradient into each block: shortcut vs residual branch", "‖∂loss/∂x‖ per route", revision, log=True),
+        # two lines: one was cut at both ends on a phone
+        _layout("Gradient into each block:<br>shortcut vs residual branch", "‖∂loss/∂x‖ per route", revision, log=True),
     )
 
 
@@ -664,7 +674,7 @@ ZH_WHOLE = {
     "Gradient norm per layer, input → output": "每层的梯度范数，从输入到输出",
     "Gradient norm vs depth": "梯度范数与深度",
     "layer (1 = stem, input side)": "层（1 = stem，输入端）",
-    "Gradient into each block: shortcut vs residual branch": "流入每个残差块的梯度：残差连接与残差分支",
+    "Gradient into each block:<br>shortcut vs residual branch": "流入每个残差块的梯度：<br>残差连接与残差分支",
     "‖∂loss/∂x‖ per route": "每条路径的 ‖∂loss/∂x‖",
     "Lesions: one block bypassed at test time": "损伤实验：测试时绕过一个残差块",
     "bypassed block": "被绕过的残差块",
