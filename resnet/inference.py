@@ -236,9 +236,12 @@ def _decode(img: Image.Image) -> Image.Image:
 
 
 def unreadable(e: Exception) -> ImageError:
-    """PIL's reason, with a file's name but not the server's folders it sits in (gradio's upload cache)."""
+    """PIL's reason, with a file's name but not the server's folders it sits in (gradio's upload cache); in Chinese
+    the file's name alone (PIL's reason is English)."""
     why = re.sub(r"(?:[A-Za-z]:)?[/\\](?:[^/\\'\"]*[/\\])+", "", str(e))
-    return ImageError(f"That file is not an image we can read ({why}).", zh=f"这个文件不是能读取的图片（{why}）。")
+    name = re.search(r"'([^']+)'", why)
+    zh = f"这个文件不是能读取的图片（{name[1]}）。" if name else "这个文件不是能读取的图片。"
+    return ImageError(f"That file is not an image we can read ({why}).", zh=zh)
 
 
 def _from_array(a: np.ndarray) -> Image.Image:

@@ -217,6 +217,7 @@ def test_junk_file_named_png_gives_a_clear_message(tmp_path):
     with pytest.raises(ImageError, match="not an image we can read") as e:
         to_image(path)
     assert "photo.png" in str(e.value) and str(tmp_path) not in str(e.value)  # the server's folders stay private
+    assert e.value.text("zh") == "这个文件不是能读取的图片（photo.png）。"  # no English from PIL in Chinese
 
 
 @pytest.mark.parametrize(
