@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 import torch
 
 from resnet import charts, checkpoint, front, graphstep, guided, inference, runlog, zipdata
-from resnet.data import DATASETS
+from resnet.data import DATASETS, DataError
 from resnet.errors import UserError
 from resnet.model import ARCHITECTURES, cifar_config
 from resnet.model import architecture as architecture_config
@@ -712,7 +712,12 @@ def reset(
 ):
     session = own_or_shared(request)
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
-    fresh = new_session(dataset, architecture, data=own, **settings_asked(seed, optimizer, lr, batch))
+    try:
+        fresh = new_session(dataset, architecture, data=own, **settings_asked(seed, optimizer, lr, batch))
+    except DataError as e:  # a Hub dataset out of reach: said, and the Dataset box back on what the network trains on
+        log.info("reset refused: %s", e.text("en"))
+        gr.Warning(e.text(LANG.get()))
+        return [*on_load(last_x, request), last_x, gr.update(value=session.config.dataset)]
     return switch_to(fresh, session, last_x, request)
 
 
