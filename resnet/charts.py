@@ -103,7 +103,8 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
         "uirevision": revision,
         "margin": {"l": 55, "r": 10, "t": 45, "b": 35},
         "xaxis": {"title": {"text": "step"}},
-        "yaxis": {"title": {"text": ytitle}, "type": "log" if log else "linear"},
+        # a linear chart plots losses or accuracies: from 0 up (one point's autorange went down to -0.9)
+        "yaxis": {"title": {"text": ytitle}, **({"type": "log"} if log else {"rangemode": "tozero"})},
         "legend": {"font": {"size": 10}},
         "shapes": shapes,
         "annotations": annotations,

@@ -352,6 +352,8 @@ def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser
         assert pause["height"] <= step["height"] + 1, "the Pause button wraps onto a second line"
         page.click("#step")
         wait_for_step(page, 1)
+        low = page.eval_on_selector("#chart-loss .js-plotly-plot", "d => d._fullLayout.yaxis.range[0]")
+        assert low >= 0, f"one step's loss chart runs its axis down to {low}: a loss is never below 0"
         boxes = [page.locator(c).bounding_box() for c in CHARTS]
         assert all(b["width"] >= 300 for b in boxes), boxes  # each chart has the screen's width to itself
         tops = [b["y"] for b in boxes]
