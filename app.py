@@ -901,9 +901,7 @@ def predict(value, request: gr.Request):
     session = own_or_shared(request)
     try:
         x = inference.to_tensor(value, channels=session.model_config.in_channels)
-    except inference.ImageError as e:
-        if str(e) != inference.EMPTY:
-            raise
+    except inference.EmptyDrawing as e:
         # the pad emptied (its own Undo of the last stroke, say): said, and the last drawing's prediction cleared,
         # not left under gradio's error badges as if it were this drawing's
         gr.Warning(e.text(LANG.get()))

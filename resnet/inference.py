@@ -35,6 +35,10 @@ class ImageError(UserError):
     """A user image we cannot use; the message is shown to the user as is."""
 
 
+class EmptyDrawing(ImageError):
+    """A drawing with no stroke on it (an untouched or emptied pad): the app may treat it as nothing to predict."""
+
+
 def to_image(value) -> Image.Image:
     """An RGB image from a PIL image, numpy array, path, bytes, {"path": ...} or Sketchpad dict; else ImageError."""
     return _load(value)[0]
@@ -318,7 +322,7 @@ def _drawing(value: dict) -> Image.Image:
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         parts = [_open(v) for v in [value.get("background"), *layers] if v is not None]
         if not parts:
-            raise ImageError(EMPTY, zh=EMPTY_ZH)
+            raise EmptyDrawing(EMPTY, zh=EMPTY_ZH)
         img = Image.new("RGBA", parts[0].size, WHITE + (0,))
         for part in parts:  # in order: background first, then each layer on top
             layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
@@ -326,7 +330,7 @@ def _drawing(value: dict) -> Image.Image:
             img = Image.alpha_composite(img, layer)
     img = _flatten(img)
     if not _strokes(np.asarray(img), _border_colour(np.asarray(img))).any():  # all transparent or one colour
-        raise ImageError(EMPTY, zh=EMPTY_ZH)
+        raise EmptyDrawing(EMPTY, zh=EMPTY_ZH)
     return img
 
 
