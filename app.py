@@ -713,7 +713,7 @@ def reset(
     session = own_or_shared(request)
     own = session.data if session.config.dataset.startswith("zip:") and dataset == session.config.dataset else None
     try:
-        fresh = new_session(dataset, architecture, data=own, **settings_asked(seed, optimizer, lr, batch))
+        fresh = new_session(dataset, architecture, data=own, seed=seed or 0, **settings_asked(optimizer, lr, batch))
     except DataError as e:  # a Hub dataset out of reach: said, and the Dataset box back on what the network trains on
         log.info("reset refused: %s", e.text("en"))
         gr.Warning(e.text(LANG.get()))
@@ -721,12 +721,13 @@ def reset(
     return switch_to(fresh, session, last_x, request)
 
 
-def settings_asked(seed, optimizer, lr, batch) -> dict:
-    """The Training box's settings for a new session (Reset, Train on my zip): the session checks their ranges
-    (a seed past 32 bits, a batch of 0: a clear refusal); an emptied number box is refused here."""
+def settings_asked(optimizer, lr, batch) -> dict:
+    """The Training box's optimizer, lr and batch size, for the session (a change) or a new one (Reset, Train on my
+    zip): the session checks their ranges (a batch of 0, an lr of 1e9: a clear refusal); an emptied number box is
+    refused here."""
     if lr is None or batch is None:
         raise refuse("numbers")
-    return {"seed": seed or 0, "optimizer": optimizer, "lr": lr, "batch_size": batch}
+    return {"optimizer": optimizer, "lr": lr, "batch_size": batch}
 
 
 def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
@@ -748,7 +749,7 @@ def use_zip(path, architecture, seed, optimizer, lr, batch, last_x, request: gr.
         raise refuse("no_zip")
     data = zipdata.load_zip(path)
     session = own_or_shared(request)
-    fresh = new_session(data.name, architecture, data=data, **settings_asked(seed, optimizer, lr, batch))
+    fresh = new_session(data.name, architecture, data=data, seed=seed or 0, **settings_asked(optimizer, lr, batch))
     gr.Info(say("zip_ok", train=len(data.train_y), test=len(data.test_y), classes=len(data.classes)))
     return switch_to(fresh, session, last_x, request)
 
@@ -815,9 +816,7 @@ def push_model(repo_id, token, request: gr.Request):
 def configure(optimizer, lr, batch, request: gr.Request):
     session = POOL.get(learner(request))
     try:
-        if lr is None or batch is None:  # an emptied number box
-            raise refuse("numbers")
-        session.configure(lr=float(lr), optimizer=optimizer, batch_size=int(batch))
+        session.configure(**settings_asked(optimizer, lr, batch))
     except UserError as e:
         gr.Warning(e.text(LANG.get()))
         c = session.config
