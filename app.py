@@ -826,8 +826,7 @@ def configure(optimizer, lr, batch, request: gr.Request):
 
 @user_errors
 def step(last_x, request: gr.Request):
-    session = POOL.get(learner(request))
-    with POOL.compute(learner(request)):
+    with POOL.click(learner(request)) as session:
         report = session.step(1)
     return sent(view(session, last_x, report))
 
@@ -845,7 +844,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
     n = steps_asked(n)
     messages, streams, label = [], ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
     progress((0, n), desc="training", unit="steps")
-    for session, report in POOL.train(learner(request), steps=n):
+    for session, report in POOL.train(learner(request), steps=n, page=request.session_hash):
         progress((report["total"], n), desc="training", unit="steps")
         messages += [*report.get("messages", []), *run_ended(report)]  # a Pause's last report may have no steps
         shown = view(session, last_x, {**report, "messages": messages}, label(session, report["end"]))
@@ -856,7 +855,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
 def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
     streams, label = ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
-    for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS):
+    for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS, page=request.session_hash):
         report = {**report, "messages": [*report.get("messages", []), *run_ended(report)]}
         yield streams(view(session, last_x, report, label(session, report["end"])), report["end"])
         if report["end"] == "timeout":
@@ -946,10 +945,9 @@ def labelled(session: Session, last_x, label):
 
 @user_errors
 def teach_step(last_x, label, layer, request: gr.Request):
-    session = POOL.get(learner(request))
-    x, y = labelled(session, last_x, label)
-    with POOL.compute(learner(request)):
-        record = session.teach(x, y)
+    labelled(POOL.get(learner(request)), last_x, label)  # a missing image or label is said at once, not after a wait
+    with POOL.click(learner(request)) as session:
+        record = session.teach(*labelled(session, last_x, label))
     if "rejected" in record:
         raise gr.Error(in_language(record["rejected"]), print_exception=False)  # a diverged step: no bug
     text = say("taught", step=record["step"], label=label, loss=record["loss"])
@@ -969,10 +967,10 @@ def mix(last_x, label, request: gr.Request):
 @user_errors
 def compare(last_x, label, layer, request: gr.Request):
     """The same image, weights and label, with every shortcut on and then off: no step is taken."""
-    session = POOL.get(learner(request))
-    x, y = labelled(session, last_x, label)
-    n = len(session.shortcuts)
-    with POOL.compute(learner(request)):
+    labelled(POOL.get(learner(request)), last_x, label)
+    with POOL.click(learner(request)) as session:
+        x, y = labelled(session, last_x, label)
+        n = len(session.shortcuts)
         on, off = session.gradients(x, y, [True] * n), session.gradients(x, y, [False] * n)
     text = say("compared", on=on["loss"], off=off["loss"])
     figure = translated(
@@ -1048,11 +1046,17 @@ def room() -> dict:
 
 
 def close(request: gr.Request):
-    """The page is gone, or reloading: its runs end now, its seats are freed unless it is back within a grace."""
-    for key in (learner(request), twin_key(request), guided_key(request)):
-        POOL.leave(key, RELOAD_GRACE_SECONDS)
-    shutil.rmtree(downloads(request), ignore_errors=True)
+    """The page is gone, or reloading: the runs it started end now. If it was its browser's last open page, its
+    seats are freed unless the browser is back within a grace (a reload), and its downloads go."""
+    keys, folder = (learner(request), twin_key(request), guided_key(request)), downloads(request)
     LEARNERS.pop(request.session_hash, None)  # the tab is gone: free its models now, not in an hour
+    # another tab of this browser (or the reloaded page, which gradio can see before the old one's end) keeps them;
+    # list(): one C-level copy, safe while other threads add and remove pages
+    last = keys[0] not in list(LEARNERS.values())
+    for key in keys:
+        POOL.leave(key, RELOAD_GRACE_SECONDS, page=request.session_hash, last=last)
+    if last:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- guided experiments -----------------------------------------------------------------------------------------
@@ -1129,7 +1133,8 @@ def guided_run(experiment_id, request: gr.Request):
     POOL.get(key, make=lambda: run.session)  # a seat (the room may be full), then this run's network in it
     POOL.replace(key, run.session)
     streams, end = ChartStreams(0, 1), None
-    for _, report in POOL.train(key, seconds=PLAY_SECONDS, step=lambda _, n: guided_turn(run, n)):
+    turn = lambda _, n: guided_turn(run, n)  # noqa: E731
+    for _, report in POOL.train(key, seconds=PLAY_SECONDS, step=turn, page=request.session_hash):
         end = report["end"]
         p = run.progress()
         phase = min(p["phase"] + 1, p["phases"])  # the phase under way, counted from 1
@@ -1222,8 +1227,10 @@ def twin_start(request: gr.Request):
 
 @user_errors
 def twin_reset(architecture, seed, request: gr.Request):
-    POOL.replace(twin_key(request), new_twins(architecture, seed or 0))  # the session checks the seed
-    return sent(twin_view(POOL.get(twin_key(request))), TWIN_CHARTS)
+    fresh = new_twins(architecture, seed or 0)  # the session checks the seed
+    POOL.get(twin_key(request), make=lambda: fresh)  # a first Reset takes a seat (if one is free), as the main one
+    POOL.replace(twin_key(request), fresh)
+    return sent(twin_view(fresh), TWIN_CHARTS)
 
 
 @user_errors
@@ -1239,7 +1246,8 @@ def twin_play(request: gr.Request):
 def twin_train(request: gr.Request, steps: int | None):
     """`steps` twin steps (None: until Pause), streamed as the charts' updates."""
     streams = ChartStreams(*TWIN_CHARTS)
-    for twins, report in POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=new_twins):
+    runs = POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=new_twins, page=request.session_hash)
+    for twins, report in runs:
         shown = twin_view(twins, report)
         shown[-1] += "".join(f"  \n⚠️ {m}" for m in run_ended(report))
         yield streams(shown, report["end"])
@@ -1250,13 +1258,12 @@ def twin_train(request: gr.Request, steps: int | None):
 @user_errors
 def twin_pause(request: gr.Request):
     POOL.stop(twin_key(request))
-    return sent(twin_view(POOL.get(twin_key(request), new_twins)), TWIN_CHARTS)
+    return twin_start(request)  # where the twins stopped; a Pause before any twins builds none (nor takes a seat)
 
 
 @user_errors
 def twin_lesions(request: gr.Request):
-    twins = POOL.get(twin_key(request), new_twins)
-    with POOL.compute(twin_key(request)):
+    with POOL.click(twin_key(request), new_twins) as twins:
         return go.Figure(translated(charts.lesion_figure(twins.lesions(size=300))))
 
 

@@ -83,7 +83,8 @@ class SessionPool:
         # one's charts move less often, and the web server's one Python thread still answers clicks
         self.updates_per_second = updates_per_second
         self._sessions: dict[str, object | None] = {}  # None: the seat is reserved while its session is built
-        self._used: dict[str, float] = {}
+        self._used: dict[str, float] = {}  # key -> its last use (time.monotonic()): a look counts, as a click
+        self._leaving: dict[str, float] = {}  # key -> when its seat is freed: its last page closed (a reload's grace)
         self._busy: dict[str, int] = {}  # sessions waiting for or holding a training slot: never idle
         self._runs: dict[str, Run] = {}  # key -> its one running Play / Step xN
         self._stopped_at: dict[str, float] = {}  # key -> its last Pause (time.monotonic()): for a run still starting
@@ -104,7 +105,7 @@ class SessionPool:
                     )
                 self._sessions[key] = None  # reserve the seat; build outside the lock (it takes a moment)
             session = self._sessions[key]
-            self._used[key] = time.monotonic()
+            self._seen(key)
         if freed:
             release_memory()  # outside the lock: nobody waits on the trim
         if session is None:
@@ -125,27 +126,38 @@ class SessionPool:
         return session
 
     def peek(self, key: str):
-        """This learner's session if they have one, else None: looking takes no seat (and sweeps, as any visit)."""
+        """This learner's session if they have one, else None: looking takes no seat, but keeps one (a learner who
+        only predicts is using their network) (and sweeps, as any visit)."""
         with self._lock:
             freed, session = self._sweep(), self._sessions.get(key)
+            if key in self._sessions:
+                self._seen(key)
         if freed:
             release_memory()
         return session
 
-    def leave(self, key: str, grace_seconds: float) -> None:
-        """The learner's page is gone (closed, or being reloaded): end their run, and free their seat unless they
-        are back within `grace_seconds` (a reload finds its run again)."""
-        self._end_run(key)
+    def _seen(self, key: str) -> None:
+        """The learner is here (the caller holds the lock): their seat is in use, and not leaving."""
+        self._used[key] = time.monotonic()
+        self._leaving.pop(key, None)
+
+    def leave(self, key: str, grace_seconds: float, page: str | None = None, last: bool = True) -> None:
+        """A page of the learner's is gone (closed, or being reloaded): the run it started ends (any run, if it was
+        their `last` page); and if it was, their seat is freed unless they are back within `grace_seconds` (a reload
+        finds its run again). Another tab of theirs keeps its run and their seat."""
         with self._lock:
-            if key in self._used:
-                self._used[key] = min(self._used[key], time.monotonic() - self.idle_seconds + grace_seconds)
+            run = self._runs.get(key)
+            if run is not None and (last or run.page == page):
+                del self._runs[key]  # ended silently: its page is gone
+            if last and key in self._sessions:
+                self._leaving[key] = time.monotonic() + grace_seconds
 
     def replace(self, key: str, session) -> None:
         """Give the learner a new session (Reset, a loaded model, their own data); their running run ends first."""
         old = self._end_run(key)
         with self._lock:
             self._sessions[key] = session
-            self._used[key] = time.monotonic()
+            self._seen(key)
         _wait_for_chunk(old)
 
     def close(self, *keys: str) -> None:
@@ -156,6 +168,7 @@ class SessionPool:
             gone = [self._sessions.pop(key, None) for key in keys]
             for key in keys:
                 self._used.pop(key, None)
+                self._leaving.pop(key, None)
                 self._stopped_at.pop(key, None)
         if any(s is not None for s in gone):
             release_memory()
@@ -172,12 +185,14 @@ class SessionPool:
             trained = getattr(self._sessions.get(key), "step_count", 1)  # a reserved seat (None) counts as in use
             return self.idle_seconds if trained else min(self.idle_seconds, self.untrained_seconds)
 
-        idle = [
-            k for k, t in self._used.items() if now - t > limit(k) and not self._busy.get(k) and k not in self._runs
-        ]
+        def gone(key) -> bool:
+            return now - self._used[key] > limit(key) or now > self._leaving.get(key, math.inf)
+
+        idle = [k for k in self._used if gone(k) and not self._busy.get(k) and k not in self._runs]
         for key in idle:
             self._sessions.pop(key, None)
             self._used.pop(key, None)
+            self._leaving.pop(key, None)
             self._stopped_at.pop(key, None)
         return bool(idle)
 
@@ -204,6 +219,22 @@ class SessionPool:
                     if key in self._used:
                         self._used[key] = time.monotonic()
 
+    @contextmanager
+    def click(self, key: str, make: Callable | None = None):
+        """A single action's turn (Step, Teach, ...): a training slot ahead of Play's turns, then the learner's
+        session as it is once the slot is theirs, under its lock. A Reset or Load made while the click waited has
+        replaced the network it found on arrival: the click acts on the new one, never on a network thrown away."""
+        self.get(key, make)  # a full room says so now, not after the wait
+        with self.compute(key):
+            while True:
+                session = self.get(key, make)
+                with session.lock:
+                    with self._lock:
+                        replaced = key in self._sessions and self._sessions[key] is not session
+                    if not replaced:  # (replaced between the two lines above: look again)
+                        yield session
+                        return
+
     # --- runs: Play and Step xN ------------------------------------------------------------------------------
     def train(
         self,
@@ -212,6 +243,7 @@ class SessionPool:
         seconds: float = 600,
         make: Callable | None = None,
         step: Callable | None = None,
+        page: str | None = None,
     ) -> Iterator[tuple[object, dict]]:
         """Train the learner's session `steps` steps (None: until `stop`, or `seconds` have passed), yielding
         (session, report) every `report_seconds` and at the end. A report is `session.step`'s for the steps since
@@ -223,8 +255,8 @@ class SessionPool:
         it (seen in chromium, a chart a point behind the status). A run a newer run of the same session replaced
         (another tab's Play) ends with "replaced", so its page knows why it stopped. `step(session, n)`:
         how a turn trains (default `session.step(n)`); a report with "finished" true ends the run (a guided
-        experiment that has run its course)."""
-        began, token = time.monotonic(), Run()
+        experiment that has run its course). `page`: the page that asked (`leave`)."""
+        began, token = time.monotonic(), Run(page)
         session = self.get(key, make)  # a first training action makes the session: ~0.1 s, Pause may come meanwhile
         _wait_for_chunk(self._end_run(key, "replaced"))  # one run per learner: a second Play replaces the first
         with self._lock:
@@ -322,12 +354,14 @@ def for_device(device, make: Callable, max_sessions: int, idle_seconds: float, *
 
 
 class Run:
-    """A Play's or Step xN's token: current while the pool holds it; once taken away, why (`train`'s last report)."""
+    """A Play's or Step xN's token: current while the pool holds it; once taken away, why (`train`'s last report).
+    `page`: the page that started it (a closed page ends its own run, not another tab's)."""
 
-    __slots__ = ("ended",)
+    __slots__ = ("ended", "page")
 
-    def __init__(self):
+    def __init__(self, page: str | None = None):
         self.ended: str | None = None
+        self.page = page
 
 
 def _wait_for_chunk(session) -> None:

@@ -424,13 +424,13 @@ class Session:
         elif x is None:
             start = self._advance()  # before the try below: an error here has not touched the weights
         if runner is None:
-            had_state = bool(self.optimizer.state)
+            had_state = set(self.optimizer.state)  # parameters, by identity
             stats = self._eager_stats(x, y)
 
-            def undo():
+            def undo():  # as StaticStep.restore: no state for a parameter whose first gradient this step was
                 self._undo.restore()
-                if not had_state:
-                    self.optimizer.state.clear()
+                for p in [p for p in self.optimizer.state if p not in had_state]:
+                    del self.optimizer.state[p]
                 self.optimizer.zero_grad(set_to_none=True)
 
             return stats, undo
@@ -513,10 +513,8 @@ class Session:
                     self.history.add_event(record["step"], "rejected", record["rejected"])
                     continue
                 done += 1
-                self.history.add_step(record)
+                self._count(record)  # an evaluation's step is only ever the last record read (see below)
                 last = record
-                if every and record["step"] % every == 0:  # only ever the last record read (see below)
-                    self.history.add_eval({"step": record["step"], **self.evaluate(self.config.eval_size)})
 
         with self.lock, self._on_stream():
             try:
@@ -530,6 +528,13 @@ class Session:
             finally:
                 settle()
         return {"step": self.step_count, "done": done, "rejected": len(messages), "messages": messages, "last": last}
+
+    def _count(self, record: dict) -> None:
+        """A step that stood, into the history; and the held-out evaluation, every `eval_every` steps."""
+        self.history.add_step(record)
+        every = self.config.eval_every
+        if every and record["step"] % every == 0:
+            self.history.add_eval({"step": record["step"], **self.evaluate(self.config.eval_size)})
 
     def evaluate(self, size: int | None = None, batch: int = 500) -> dict:
         """Loss and accuracy on the first `size` held-out images (all of them if None), in eval mode."""
@@ -599,7 +604,7 @@ class Session:
             if "rejected" in record:
                 self.history.add_event(self.step_count, "rejected", record["rejected"])
                 return record
-            self.history.add_step(record)
+            self._count(record)
             self.history.add_event(self.step_count, "teach", "a step on your image")
             return {**record, "grads": self._layer_grads()}
 

@@ -488,3 +488,32 @@ def test_a_rejected_steps_message_is_in_chinese_on_the_chinese_page():
         app.LANG.reset(token)
     assert all("被拒绝" in m and "权重已恢复" in m and "rejected" not in m for m in shown), shown
     assert app.in_language(messages[0]) == messages[0]  # the English page: as written
+
+
+def test_closing_one_tab_leaves_another_tab_of_the_same_browser_playing_with_its_seat(app_url):
+    """Tabs of one browser share its learner key: the first tab's close ended the second's Play, unsaid."""
+    import app
+
+    tab1, tab2 = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    key = "b" * 32  # the browser's key, as `adopt` ties each page to it
+    app.LEARNERS[tab1.session_hash] = app.LEARNERS[tab2.session_hash] = key
+    job = tab2.submit(api_name="/play")
+    updates = iter(job)
+    next(updates)  # tab 2 plays
+    app.close(SimpleNamespace(session_hash=tab1.session_hash))  # tab 1's unload
+    before = status_step(next(updates))
+    assert status_step(next(updates)) > before and app.POOL.running(key) == 1  # still playing
+    tab2.predict(api_name="/pause")
+    app.close(SimpleNamespace(session_hash=tab2.session_hash))  # the last tab: the seat waits a reload's grace
+    assert app.POOL.peek(key) is not None
+
+
+def test_the_twins_reset_takes_a_seat_only_if_one_is_free_and_their_pause_takes_none(monkeypatch):
+    import app
+
+    monkeypatch.setattr(app.POOL, "max_sessions", len(app.POOL))  # a full room
+    page = SimpleNamespace(session_hash="a late twin learner", headers={})
+    with pytest.raises(app.gr.Error, match="seats are taken"):
+        app.twin_reset("ResNet-20", 0, page)
+    *_, status = app.twin_pause(page)  # a Pause before any twins: it shows how to start, and builds nothing
+    assert "first click" in status and app.POOL.peek(app.twin_key(page)) is None

@@ -305,3 +305,64 @@ def test_a_seat_that_never_trained_is_freed_sooner_than_one_that_did():
     trained = pool.get("trained", make=Trained)
     time.sleep(0.1)
     assert pool.peek("looked") is None and pool.peek("trained") is trained
+
+
+def test_a_learner_who_only_looks_keeps_their_seat_and_a_look_ends_a_reloads_grace():
+    class Untrained(Fake):
+        step_count = 0  # e.g. after a Reset: a network of their own, not trained yet
+
+    pool = SessionPool(Untrained, max_sessions=4, idle_seconds=0.15, untrained_seconds=0.15)
+    mine = pool.get("predicts")
+    pool.get("left")
+    pool.get("reloaded")
+    pool.leave("reloaded", grace_seconds=0.1)
+    pool.peek("reloaded")  # the reloaded page loads: a look
+    for _ in range(6):  # 0.3 s of predictions: twice the idle limit
+        time.sleep(0.05)
+        assert pool.peek("predicts") is mine
+    assert pool.peek("left") is None  # idle: freed
+    assert pool.peek("reloaded") is None  # not back since: freed, as the idle one
+
+
+def test_closing_one_tab_ends_its_own_run_not_another_tabs_and_keeps_the_seat():
+    pool = fast_pool()
+    run = pool.train("a", page="tab 2")
+    session, _ = next(run)
+    pool.leave("a", grace_seconds=0, page="tab 1", last=False)  # tab 1 closes; tab 2 plays on
+    time.sleep(0.02)
+    assert pool.running("a") == 1 and pool.get("b") and pool.peek("a") is session
+    pool.leave("a", grace_seconds=0, page="tab 2", last=False)  # the playing tab closes (the other is still open)
+    assert list(run) == [] and pool.running() == 0 and pool.peek("a") is session
+
+
+def test_a_turn_in_flight_when_the_page_closes_does_not_undo_the_grace():
+    pool = SessionPool(lambda: Stepper(0.05), max_sessions=4, idle_seconds=60, turn_seconds=0.0, report_seconds=0.01)
+    run = pool.train("a", page="tab")
+    next(run)
+    turn = threading.Thread(target=lambda: list(run))  # the page's stream, resumed by gradio: a turn in flight
+    turn.start()
+    time.sleep(0.01)
+    pool.leave("a", grace_seconds=0.1, page="tab")
+    turn.join()
+    time.sleep(0.15)
+    assert pool.peek("other") is None and pool.running() == 0
+    assert len(pool) == 0  # freed after the grace, not kept for the idle limit
+
+
+def test_a_click_waiting_for_the_hardware_acts_on_the_network_a_reset_made_meanwhile():
+    pool = SessionPool(Stepper, max_sessions=4, workers=1)
+    old, new = pool.get("a"), Stepper()
+    acted = []
+    with pool.compute("someone's turn"):
+        click = threading.Thread(target=lambda: acted.append(_click_step(pool, "a")))
+        click.start()
+        time.sleep(0.05)  # the click waits for the slot ...
+        pool.replace("a", new)  # ... while the learner's Reset goes through
+    click.join()
+    assert acted == [new] and new.step_count == 1 and old.step_count == 0
+
+
+def _click_step(pool, key):
+    with pool.click(key) as session:
+        session.step(1)
+        return session

@@ -173,11 +173,27 @@ def test_evaluation_is_the_models_held_out_loss_and_accuracy_in_eval_mode():
     assert_same_state(state_of(s), before)  # eval mode: BN statistics untouched
 
 
-def test_evaluation_is_recorded_every_k_steps():
+def test_evaluation_is_recorded_every_k_steps_teachs_steps_too():
     s = session(eval_every=2, eval_size=64)
     s.step(4)
     assert [e["step"] for e in s.history.evals] == [2, 4]
     assert 0 <= s.history.evals[0]["acc"] <= 1
+    s.step(1)
+    s.teach(normalize(s.data.train_x[:1]), s.data.train_y[:1])  # the learner's own image lands on step 6
+    assert [e["step"] for e in s.history.evals] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_a_rejected_step_leaves_no_optimizer_state_for_a_parameter_it_gave_its_first_gradient(mode):
+    s = session(step_mode=mode)
+    projection = s.model.get_parameter("blocks.1.shortcut.conv.weight")  # the 64->128 block's 1x1 projection
+    s.set_shortcut(False)
+    s.step(2)  # shortcuts off: the projection has no gradient, so no Adam moments
+    s.set_shortcut(True)
+    had = len(s.optimizer.state)
+    s.configure(lr=1e4)
+    assert s.step(1)["rejected"] == 1  # its first gradient came in a step that was undone
+    assert projection not in s.optimizer.state and len(s.optimizer.state) == had
 
 
 def test_history_is_thinned_not_cut():
