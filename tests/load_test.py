@@ -326,9 +326,9 @@ class Learner(threading.Thread):
                 emit(f"READY {self.connect_s}")
         self.ready.set()
         end = time.monotonic() + self.seconds
-        # when the server last touched this learner's session at the latest (the start of their last request that
-        # uses it: a Predict only looks), and whether a gap since the last Step was longer than the app's idle limit:
-        # the session may have been freed, and a fresh one made
+        # when the server last touched this learner's session at the latest (the start of their last request: a
+        # Predict too, which keeps a seat in use), and whether a gap since the last Step was longer than the app's
+        # idle limit: the session may have been freed, and a fresh one made
         touched, lapsed = time.monotonic(), False
         while time.monotonic() < end:
             action = self.rng.choice(
@@ -357,7 +357,7 @@ class Learner(threading.Thread):
                 self.errors.append(f"{action}: {type(e).__name__}: {e}")
                 note_trace(action)
             lapsed = not stepped and (lapsed or time.monotonic() - touched > self.idle_seconds)
-            touched = touched if action == "predict" else asked  # a Predict keeps no session alive (it only looks)
+            touched = asked
             self.previous = action
             self.actions += 1
             if self.think:
