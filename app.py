@@ -1372,6 +1372,7 @@ def predict_tab() -> SimpleNamespace:
                 with gr.Tab(I18N("upload")):
                     image = JudgedImage(
                         type="filepath",
+                        image_mode=None,  # as uploaded: RGB would turn a PNG's transparent background black
                         sources=("upload", "clipboard", "webcam"),
                         label=I18N("upload"),
                         elem_id="upload",

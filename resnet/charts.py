@@ -702,11 +702,11 @@ ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
     (r"held-out", "留出集"),
     (r"\btraining\b", "训练"),
     (r"\bbatch\b", "批"),
+    (r" via shortcut", " 经残差连接"),  # before "residual" alone: the branch, not the network
+    (r" via residual", " 经残差分支"),
     (r"\bresidual\b", "残差网络"),
     (r"\bplain\b", "普通网络"),
     (r"\bintact\b", "完好"),
-    (r" via shortcut", " 经残差连接"),
-    (r" via residual", " 经残差分支"),
     (r"\bblock (\d+)", r"残差块 \1"),
     (r"\bnet\b", "网络"),
 ]

@@ -243,6 +243,7 @@ def unreadable(e: Exception) -> ImageError:
     """PIL's reason, with a file's name but not the server's folders it sits in (gradio's upload cache); in Chinese
     the file's name alone (PIL's reason is English)."""
     why = re.sub(r"(?:[A-Za-z]:)?[/\\](?:[^/\\'\"]*[/\\])+", "", str(e))
+    why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", why)  # a file read from memory (a zip's) has no name
     name = re.search(r"'([^']+)'", why)
     zh = f"这个文件不是能读取的图片（{name[1]}）。" if name else "这个文件不是能读取的图片。"
     return ImageError(f"That file is not an image we can read ({why}).", zh=zh)

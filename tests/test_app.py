@@ -517,3 +517,14 @@ def test_the_twins_reset_takes_a_seat_only_if_one_is_free_and_their_pause_takes_
         app.twin_reset("ResNet-20", 0, page)
     *_, status = app.twin_pause(page)  # a Pause before any twins: it shows how to start, and builds nothing
     assert "first click" in status and app.POOL.peek(app.twin_key(page)) is None
+
+
+def test_an_upload_with_a_transparent_background_is_predicted_as_drawn_on_white(client, tmp_path):
+    """Gradio's RGB conversion of an upload turned a transparent background black: a circle came out as noise."""
+    drawn = Image.open(ASSETS / "examples" / "circle.png").convert("L")
+    ink = Image.fromarray(255 - np.asarray(drawn))  # the strokes opaque, the background transparent ...
+    black = Image.new("L", drawn.size, 0)  # ... and black beneath, as most programs save it
+    Image.merge("RGBA", (black, black, black, ink)).save(tmp_path / "circle.png")
+    label, _, preview = client.predict(handle_file(str(tmp_path / "circle.png")), api_name="/predict_image")
+    assert label["label"] == "circle"
+    assert np.asarray(Image.open(preview["path"] if isinstance(preview, dict) else preview)).mean() > 128  # white

@@ -218,6 +218,9 @@ def test_junk_file_named_png_gives_a_clear_message(tmp_path):
         to_image(path)
     assert "photo.png" in str(e.value) and str(tmp_path) not in str(e.value)  # the server's folders stay private
     assert e.value.text("zh") == "这个文件不是能读取的图片（photo.png）。"  # no English from PIL in Chinese
+    with pytest.raises(ImageError) as e:  # a file read from memory (a zip's): no object's address in the message
+        to_image(path.read_bytes())
+    assert str(e.value) == "That file is not an image we can read (cannot identify image file)."
 
 
 @pytest.mark.parametrize(

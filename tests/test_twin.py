@@ -233,3 +233,11 @@ def test_twin_charts_are_valid_plotly(small):
     )
     for fig in (depth, routes, lesions, compare):
         go.Figure(fig)  # plotly validates every property
+
+
+def test_the_routes_legend_in_chinese_says_branch_and_shortcut_not_network():
+    from resnet import charts
+
+    names = {"block 1 via residual": "残差块 1 经残差分支", "block 1 via shortcut": "残差块 1 经残差连接"}
+    figure = {"data": [{"name": n} for n in names], "layout": {}}
+    assert [t["name"] for t in charts.translate(figure, "zh")["data"]] == list(names.values())
