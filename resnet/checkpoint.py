@@ -130,7 +130,8 @@ Shortcut of each block (off: the block is the "plain" relu(F(x)), no "+ x"): {sh
 
 ## How to load it
 
-In the app: the "Your data, your model" tab, type `{repo}` as the repo id (or upload the zip from Download) and press Load.
+In the app: the "Your data, your model" tab, type `{repo}` as the repo id (or upload the zip from Download)
+and press Load.
 In Python, with this project's `resnet` package:
 
 ```python
