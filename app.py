@@ -610,16 +610,25 @@ def sent(values: list, charts_at=VIEW_CHARTS) -> list:
     return [charts.to_json(v) if i in charts_at and isinstance(v, dict) else v for i, v in enumerate(values)]
 
 
-class RunLabel:
-    """The prediction beside the charts during a run: a forward pass at most every LABEL_SECONDS and at the end,
-    not at every chart update (in a busy room that pass was a sixth of the server's time per update)."""
+PAGE_IMAGES: dict[str, torch.Tensor | None] = {}  # a page's connection -> its latest image (Predict's), for its runs
 
-    def __init__(self, x):
-        self.x, self.value, self.made = x, None, -float("inf")
+
+class RunLabel:
+    """The prediction beside the charts during a run, of the page's image as it is now (a learner may draw or upload
+    another mid-run): a forward pass at most every LABEL_SECONDS, at once for a new image, and at the end, not at
+    every chart update (in a busy room that pass was a sixth of the server's time per update)."""
+
+    def __init__(self, x, request: gr.Request):
+        self.page, self.x, self.value, self.made = request.session_hash, x, None, -float("inf")
 
     def __call__(self, session: Session, end) -> dict | None:
-        if self.x is not None and (end or time.monotonic() - self.made >= LABEL_SECONDS):
-            self.value, self.made = prediction(session, self.x), time.monotonic()
+        x = PAGE_IMAGES.get(self.page, self.x)
+        if x is not self.x:
+            self.x, self.made = x, -float("inf")
+        if x is None:
+            self.value = None
+        elif end or time.monotonic() - self.made >= LABEL_SECONDS:
+            self.value, self.made = prediction(session, x), time.monotonic()
         return self.value
 
 
@@ -717,7 +726,7 @@ def reset(
     except DataError as e:  # a Hub dataset out of reach: said, and the Dataset box back on what the network trains on
         log.info("reset refused: %s", e.text("en"))
         gr.Warning(e.text(LANG.get()))
-        return [*on_load(last_x, request), last_x, gr.update(value=session.config.dataset)]
+        return [*on_load(last_x, request), last_x, gr.update(value=session.config.dataset), gr.skip()]
     return switch_to(fresh, session, last_x, request)
 
 
@@ -733,9 +742,11 @@ def settings_asked(optimizer, lr, batch) -> dict:
 def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
     POOL.get(learner(request), make=lambda: fresh)  # a visitor's first Reset or Load takes a seat (if one is free)
     POOL.replace(learner(request), fresh)
-    if fresh.data.classes != old.data.classes:
-        last_x = None  # a picture means nothing to a net with other classes
-    return [*on_load(last_x, request), last_x, gr.update(choices=dataset_choices(fresh), value=fresh.config.dataset)]
+    preview = gr.skip()
+    if fresh.data.classes != old.data.classes:  # a picture means nothing to a net with other classes: gone, also
+        last_x = preview = PAGE_IMAGES[request.session_hash] = None  # from a run's label and the Teach tab
+    dataset = gr.update(choices=dataset_choices(fresh), value=fresh.config.dataset)
+    return [*on_load(last_x, request), last_x, dataset, preview]
 
 
 def dataset_choices(session: Session) -> list[str]:
@@ -842,7 +853,7 @@ def steps_asked(n) -> int:
 @user_errors
 def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
     n = steps_asked(n)
-    messages, streams, label = [], ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
+    messages, streams, label = [], ChartStreams(*VIEW_CHARTS), RunLabel(last_x, request)
     progress((0, n), desc="training", unit="steps")
     for session, report in POOL.train(learner(request), steps=n, page=request.session_hash):
         progress((report["total"], n), desc="training", unit="steps")
@@ -854,7 +865,7 @@ def step_n(n, last_x, request: gr.Request, progress=gr.Progress()):  # noqa: B00
 @user_errors
 def play(last_x, request: gr.Request):
     """Train until Pause, a new run or PLAY_SECONDS; the pool ends a run whose session Reset or Load replaced."""
-    streams, label = ChartStreams(*VIEW_CHARTS), RunLabel(last_x)
+    streams, label = ChartStreams(*VIEW_CHARTS), RunLabel(last_x, request)
     for session, report in POOL.train(learner(request), seconds=PLAY_SECONDS, page=request.session_hash):
         report = {**report, "messages": [*report.get("messages", []), *run_ended(report)]}
         yield streams(view(session, last_x, report, label(session, report["end"])), report["end"])
@@ -894,6 +905,7 @@ def set_block_shortcuts(selected, last_x, request: gr.Request):
 def predict(value, request: gr.Request):
     """A new image: prepare it once, keep it (as last_x) so predictions follow training, and show what each block
     sees. An untouched pad (the page's first event) just clears the outputs."""
+    PAGE_IMAGES[request.session_hash] = None  # a run's label shows no image's prediction but this one's from now on
     if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
         return None, None, [], None
     session = own_or_shared(request)
@@ -904,6 +916,7 @@ def predict(value, request: gr.Request):
         # not left under gradio's error badges as if it were this drawing's
         gr.Warning(e.text(LANG.get()))
         return None, None, [], None
+    PAGE_IMAGES[request.session_hash] = x
     result = PREDICTIONS.predict(session, x)
     return x, dict(result["top"]), result["features"], result["picture"]
 
@@ -1050,6 +1063,7 @@ def close(request: gr.Request):
     seats are freed unless the browser is back within a grace (a reload), and its downloads go."""
     keys, folder = (learner(request), twin_key(request), guided_key(request)), downloads(request)
     LEARNERS.pop(request.session_hash, None)  # the tab is gone: free its models now, not in an hour
+    PAGE_IMAGES.pop(request.session_hash, None)
     # another tab of this browser (or the reloaded page, which gradio can see before the old one's end) keeps them;
     # list(): one C-level copy, safe while other threads add and remove pages
     last = keys[0] not in list(LEARNERS.values())
@@ -1464,7 +1478,7 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     """The events that train the learner's session: each updates the charts, the status and the prediction."""
     train_out = [*ui.charts, ui.status, seen.label, ui.switch_chart]
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
-    switch_out = [*setup_out, last_x, ui.dataset]  # a new session: its classes, blocks and dataset
+    switch_out = [*setup_out, last_x, ui.dataset, taught.preview]  # a new session: its classes, blocks and dataset
     settings = [ui.architecture, ui.seed, ui.optimizer, ui.lr, ui.batch, last_x]
     # progress shows on the status line only: a spinner over the charts and the prediction at every step of Play
     # would hide what the learner is watching (and over an empty prediction, it looks like one is coming)

@@ -189,7 +189,7 @@ def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
     out = client.predict(
         handle_file(str(good)), "notebook (0.6M parameters)", 0, "adam", 0.001, 64, api_name="/use_zip"
     )
-    assert out[-1]["value"] == "zip:pets"  # the dataset menu now offers the learner's own set
+    assert out[-2]["value"] == "zip:pets"  # the dataset menu now offers the learner's own set
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
     bad = tmp_path / "evil.zip"
     with zipfile.ZipFile(bad, "w") as z:
@@ -210,7 +210,7 @@ def test_an_offline_hub_dataset_is_a_message_and_shapes_still_works(client, monk
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "CACHE", tmp_path)
     out = client.predict("cifar10", "ResNet-20", 0, "adam", 0.001, 64, api_name="/reset")
-    assert out[-1]["value"] == "shapes"
+    assert out[-2]["value"] == "shapes"
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
     request = SimpleNamespace(session_hash=client.session_hash, headers={})  # in-process: gradio's Warning warns
     with pytest.warns(UserWarning, match="offline"):
@@ -528,3 +528,26 @@ def test_an_upload_with_a_transparent_background_is_predicted_as_drawn_on_white(
     label, _, preview = client.predict(handle_file(str(tmp_path / "circle.png")), api_name="/predict_image")
     assert label["label"] == "circle"
     assert np.asarray(Image.open(preview["path"] if isinstance(preview, dict) else preview)).mean() > 128  # white
+
+
+def test_a_runs_label_follows_the_image_drawn_or_uploaded_during_the_run_and_a_new_dataset_clears_it(client, tmp_path):
+    """The label beside the charts showed the image of Play's click for the whole run (a square's 100% over a
+    circle); and a zip with other classes left the Teach tab showing an image it then refused to learn from."""
+    job = client.submit(None, api_name="/play")  # no image when Play starts
+    updates = iter(job)
+    next(updates)
+    for shape in ("circle", "star"):
+        client.predict(handle_file(str(ASSETS / "examples" / f"{shape}.png")), api_name="/predict_image")
+        label = next(updates)[5]
+        assert label and label["label"] == shape, (shape, label)
+    client.predict(api_name="/pause")
+    import zipfile
+
+    good = tmp_path / "pets.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for i in range(4):
+            z.writestr(f"cat/{i}.png", (ASSETS / "examples" / "circle.png").read_bytes())
+            z.writestr(f"dog/{i}.png", (ASSETS / "examples" / "star.png").read_bytes())
+    net = "notebook (0.6M parameters)"
+    out = client.predict(handle_file(str(good)), net, 0, "adam", 0.001, 64, api_name="/use_zip")
+    assert out[-1] is None  # the Teach tab's picture, gone with the classes it was drawn for
