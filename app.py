@@ -128,6 +128,7 @@ I18N = gr.I18n(
         "seed": "Seed",
         "reset": "Reset",
         "on_reset": "applies when you press Reset",
+        "twin_on_reset": "the first Step ×N or Play builds the twins so; after that, press Reset",
         "optimizer": "Optimizer",
         "lr": "Learning rate",
         "batch": "Batch size",
@@ -194,6 +195,7 @@ I18N = gr.I18n(
         "seed": "随机种子",
         "reset": "重置",
         "on_reset": "按“重置”后生效",
+        "twin_on_reset": "第一次按“走 N 步”或“播放”时按此创建；之后请按“重置”",
         "optimizer": "优化器",
         "lr": "学习率",
         "batch": "批大小",
@@ -1248,19 +1250,20 @@ def twin_reset(architecture, seed, request: gr.Request):
 
 
 @user_errors
-def twin_step_n(n, request: gr.Request):
-    yield from twin_train(request, steps_asked(n))
+def twin_step_n(n, architecture, seed, request: gr.Request):
+    yield from twin_train(request, steps_asked(n), architecture, seed)
 
 
 @user_errors
-def twin_play(request: gr.Request):
-    yield from twin_train(request, None)
+def twin_play(architecture, seed, request: gr.Request):
+    yield from twin_train(request, None, architecture, seed)
 
 
-def twin_train(request: gr.Request, steps: int | None):
-    """`steps` twin steps (None: until Pause), streamed as the charts' updates."""
-    streams = ChartStreams(*TWIN_CHARTS)
-    runs = POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=new_twins, page=request.session_hash)
+def twin_train(request: gr.Request, steps: int | None, architecture: str, seed):
+    """`steps` twin steps (None: until Pause), streamed as the charts' updates. The learner's first click builds
+    their twins at the depth and seed they picked."""
+    streams, make = ChartStreams(*TWIN_CHARTS), lambda: new_twins(architecture, seed or 0)
+    runs = POOL.train(twin_key(request), steps=steps, seconds=PLAY_SECONDS, make=make, page=request.session_hash)
     for twins, report in runs:
         shown = twin_view(twins, report)
         shown[-1] += "".join(f"  \n⚠️ {m}" for m in run_ended(report))
@@ -1276,8 +1279,8 @@ def twin_pause(request: gr.Request):
 
 
 @user_errors
-def twin_lesions(request: gr.Request):
-    with POOL.click(twin_key(request), new_twins) as twins:
+def twin_lesions(architecture, seed, request: gr.Request):
+    with POOL.click(twin_key(request), lambda: new_twins(architecture, seed or 0)) as twins:
         return go.Figure(translated(charts.lesion_figure(twins.lesions(size=300))))
 
 
@@ -1301,9 +1304,10 @@ def build_demo() -> gr.Blocks:
                 twin_out = twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
                 gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
-        wire_training(demo, ui, seen, taught, own, last_x)
+        adopted = wire_training(demo, ui, seen, taught, own, last_x)
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
-        demo.load(twin_start, None, twin_out, api_visibility="private")  # charts with axes, not a blank tab
+        # the learner's twins once the page knows its learner (a reload finds them); before any, charts with axes
+        adopted.then(twin_start, None, twin_out, api_visibility="private")
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
         # The UI's endpoints keep a learner's state: callable (the page and gradio_client use them) but left out
@@ -1452,14 +1456,17 @@ def twins_tab() -> list:
     """A residual net and its plain twin, side by side, with its own controls and charts."""
     gr.Markdown(I18N("twins_intro"))
     with gr.Row():
-        twin_arch = gr.Dropdown(architecture_choices(), value="ResNet-20", label=I18N("architecture"), min_width=160)
-        twin_seed = gr.Number(0, label=I18N("seed"), precision=0, min_width=80)
-        twin_n = gr.Number(50, label=I18N("n"), min_width=80)  # steps_asked checks it
+        twin_arch = gr.Dropdown(
+            architecture_choices(), value="ResNet-20", label=I18N("architecture"), info=I18N("twin_on_reset"),
+            min_width=160,
+        )  # fmt: skip
+        twin_seed = gr.Number(0, label=I18N("seed"), precision=0, info=I18N("twin_on_reset"), min_width=80)
+        twin_n = gr.Number(50, label=I18N("n"), elem_id="twin_n", min_width=80)  # steps_asked checks it
         twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
         twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)
         twin_play_btn = gr.Button(I18N("play"), variant="primary", elem_id="twin_play", min_width=80)
         twin_pause_btn = gr.Button(I18N("pause"), elem_id="twin_pause", min_width=80)
-    twin_status = gr.Markdown()
+    twin_status = gr.Markdown(elem_id="twin_status")
     twin_loss, twin_acc = chart_row("twin-loss", "twin-acc")
     twin_depth, twin_routes = chart_row("twin-depth", "twin-routes")
     lesion_btn = gr.Button(I18N("lesion"), elem_id="lesion")
@@ -1467,15 +1474,17 @@ def twins_tab() -> list:
 
     twin_out = [twin_loss, twin_acc, twin_depth, twin_routes, twin_status]
     twin_reset_btn.click(twin_reset, [twin_arch, twin_seed], twin_out, api_name="twin_reset", **TRAIN)
-    twin_step_btn.click(twin_step_n, twin_n, twin_out, api_name="twin_step_n", **TRAIN)
-    twin_play_btn.click(twin_play, None, twin_out, api_name="twin_play", **TRAIN)
+    built = [twin_arch, twin_seed]  # what a first click builds
+    twin_step_btn.click(twin_step_n, [twin_n, *built], twin_out, api_name="twin_step_n", **TRAIN)
+    twin_play_btn.click(twin_play, built, twin_out, api_name="twin_play", **TRAIN)
     twin_pause_btn.click(twin_pause, None, twin_out, api_name="twin_pause")  # no `cancels`: as the main Pause
-    lesion_btn.click(twin_lesions, None, lesion_plot, api_name="lesions", **TRAIN)
+    lesion_btn.click(twin_lesions, built, lesion_plot, api_name="lesions", **TRAIN)
     return twin_out
 
 
-def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:
-    """The events that train the learner's session: each updates the charts, the status and the prediction."""
+def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State):
+    """The events that train the learner's session: each updates the charts, the status and the prediction.
+    Returns the page's first event (its learner known), for what else a page shows of its learner at load."""
     train_out = [*ui.charts, ui.status, seen.label, ui.switch_chart]
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset, taught.preview]  # a new session: its classes, blocks and dataset
@@ -1524,6 +1533,7 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
         api_name="compare",
         **TRAIN,
     )
+    return adopted
 
 
 def launch(demo: gr.Blocks, **kwargs):

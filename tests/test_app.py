@@ -220,13 +220,22 @@ def test_an_offline_hub_dataset_is_a_message_and_shapes_still_works(client, monk
 def test_twins_train_side_by_side_and_lesions_chart_both(client):
     out = client.predict("ResNet-20", 0, api_name="/twin_reset")
     assert "**Step 0**" in out[4] and "20 layers" in out[4]
-    out = client.predict(2, api_name="/twin_step_n")
+    out = client.predict(2, "ResNet-32", 0, api_name="/twin_step_n")  # the depth applies at a Reset, not now
     assert "**Step 2**" in out[4] and "plain: training loss" in out[4]
     names = {t["name"] for t in figure(out[0])["data"]}
     assert {"training (residual)", "training (plain)"} <= names
     assert figure(out[3])["data"]  # gradient routes measured at step 1
-    lesions = client.predict(api_name="/lesions")
+    assert "20 layers" in out[4]
+    lesions = client.predict("ResNet-20", 0, api_name="/lesions")
     assert lesions is not None
+
+
+def test_the_twins_first_click_builds_them_at_the_depth_the_learner_picked(app_url):
+    """Step xN, Play and Lesions built ResNet-20 twins whatever the depth box said, until a Reset."""
+    first, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    assert "**Step 1** · 32 layers" in first.predict(1, "ResNet-32", 0, api_name="/twin_step_n")[4]
+    other.predict("ResNet-32", 0, api_name="/lesions")  # a first Lesions builds them too
+    assert "32 layers" in other.predict(api_name="/twin_pause")[4]
 
 
 @pytest.mark.parametrize("api", ["/step_n", "/twin_step_n"])
@@ -236,7 +245,7 @@ def test_an_n_out_of_range_is_refused_in_the_learners_words_and_nothing_trains(c
     Step xN is not Play."""
     import app
 
-    args = (n,) if api == "/twin_step_n" else (n, None)
+    args = (n, "ResNet-20", 0) if api == "/twin_step_n" else (n, None)
     with pytest.raises(AppError, match="whole number from 1 to 10000"):
         client.predict(*args, api_name=api)
     assert app.POOL.running(client.session_hash) == 0 and app.POOL.running(client.session_hash + ":twin") == 0
@@ -288,10 +297,10 @@ RESET = ("shapes", "notebook (0.6M parameters)", 0, "adam", 1e-3, 64, None)  # d
 def test_reset_during_play_ends_the_old_run(client, how):
     import app
 
-    play, reset, key = ("/play", "/reset", client.session_hash)
+    play, reset, key, args = ("/play", "/reset", client.session_hash, ())
     if how == "twin_reset":
-        play, reset, key = ("/twin_play", "/twin_reset", client.session_hash + ":twin")
-    job = client.submit(api_name=play)
+        play, reset, key, args = ("/twin_play", "/twin_reset", client.session_hash + ":twin", ("ResNet-20", 0))
+    job = client.submit(*args, api_name=play)
     next(iter(job))  # it is playing
     assert app.POOL.running(key) == 1
     if how == "reset":
@@ -317,7 +326,7 @@ def test_pause_ends_the_run_and_its_stream_ends_on_where_pause_stopped(client, t
     def step_of(outputs) -> int:
         return int((outputs[-1] if twins else status_of(outputs)).split("**Step ")[1].split("**")[0])
 
-    job = client.submit(api_name=play)
+    job = client.submit(*(("ResNet-20", 0) if twins else ()), api_name=play)
     next(iter(job))  # it is playing
     paused = step_of(client.predict(api_name=pause))
     deadline = time.monotonic() + 10

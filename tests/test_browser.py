@@ -279,10 +279,16 @@ def test_a_reload_keeps_the_learners_run(page: Page):
     wait_for_step(page, 1)
     page.click("#step")
     wait_for_step(page, 2)
+    page.get_by_role("tab", name="Residual vs plain").click()
+    page.locator("#twin_n input").fill("1")
+    page.click("#twin_step")
+    expect(page.locator("#twin_status")).to_contain_text("Step 1", timeout=STEP_MS)
     page.reload(wait_until="domcontentloaded", timeout=LOAD_MS)
     wait_for_step(page, 2, LOAD_MS)  # the same browser finds its run again, not a fresh one
     page.click("#step")
     wait_for_step(page, 3)
+    page.get_by_role("tab", name="Residual vs plain").click()  # and its twins (the tab showed none after a reload)
+    expect(page.locator("#twin_status")).to_contain_text("Step 1", timeout=STEP_MS)
 
 
 # words a Chinese page may still show in Latin letters: layer, dataset, network and device names, units and brands
