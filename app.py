@@ -806,7 +806,7 @@ def load_model(upload, repo_id, last_x, request: gr.Request):
     else:
         raise refuse("no_model")
     session = POOL.get(learner(request))
-    fresh = checkpoint.session_from(model, session.config)
+    fresh = checkpoint.session_from(model, session.config, data=session.data)  # data: the learner's own zip
     return switch_to(fresh, session, last_x, request)
 
 

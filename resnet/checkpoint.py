@@ -435,20 +435,40 @@ def load_into(target: ResNet, source: ResNet) -> None:
         target.set_shortcut(on, i)
 
 
-def session_from(model: HubResNet, config=None):
-    """A training session that continues from a loaded checkpoint, on the dataset it was trained on."""
+def session_from(model: HubResNet, config=None, data=None):
+    """A training session that continues from a loaded checkpoint, on the dataset it was trained on: a built-in or
+    Hub one by its name, else `data` (the learner's own zip, which no registry knows) if its classes are the
+    checkpoint's."""
     from .data import DATASETS
     from .session import Session, TrainConfig
 
     config = config or TrainConfig()
-    dataset = model.dataset if model.dataset in DATASETS else config.dataset
-    session = Session(replace(config, dataset=dataset), model.config)
+    if model.dataset in DATASETS:
+        dataset, data = model.dataset, None
+    elif data is not None and list(data.classes) == model.classes:
+        dataset = data.name  # the learner's own zip, which they are training on
+    elif model.dataset.startswith("zip:"):
+        name = model.dataset.removeprefix("zip:")
+        raise CheckpointError(
+            f"this model learned from your own images ({name}.zip: {', '.join(model.classes)}): train on that zip "
+            "first (Train on my zip), then load the model",
+            zh=f"这个模型是用你自己的图片训练的（{name}.zip：{'、'.join(model.classes)}）：请先用那个 zip 训练"
+            "（“用我的 zip 训练”），再加载模型",
+        )
+    else:  # a dataset this server does not know: the learner's, if the classes match (checked below)
+        dataset, data = config.dataset, data if data is not None and data.name == config.dataset else None
+    session = Session(replace(config, dataset=dataset), model.config, data=data)
     if list(session.data.classes) != model.classes:
         raise CheckpointError(
             f"the checkpoint's classes ({', '.join(model.classes)}) are not those of the "
             f"'{dataset}' dataset; load it where that dataset is available",
             zh=f"检查点的类别（{'、'.join(model.classes)}）与数据集 {dataset} 的不同；请在有该数据集的地方加载它",
         )
+    return _continued(session, model)
+
+
+def _continued(session, model: HubResNet):
+    """The session with the checkpoint's weights, its history saying where they came from."""
     with session.lock:
         load_into(session.model, model)
         session.history.add_event(0, "checkpoint", "loaded from a checkpoint")

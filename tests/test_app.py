@@ -191,6 +191,12 @@ def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
     )
     assert out[-2]["value"] == "zip:pets"  # the dataset menu now offers the learner's own set
     assert "**Step 1**" in status_of(client.predict(api_name="/step"))
+    model = handle_file(client.predict(api_name="/download_model"))
+    out = client.predict(model, "", api_name="/load_model")  # back in, on the learner's own images: it was refused
+    assert "**Step 0**" in status_of(out) and out[-2]["value"] == "zip:pets"
+    stranger = Client(client.src, verbose=False)
+    with pytest.raises(AppError, match=r"your own images \(pets.zip: cat, dog\): train on that zip first"):
+        stranger.predict(model, "", api_name="/load_model")  # without the zip: said how, not "unknown dataset"
     bad = tmp_path / "evil.zip"
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("../../etc/passwd.png", b"x")
