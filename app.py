@@ -457,17 +457,18 @@ POOL = for_device(DEVICE, first_session, SEATS, IDLE_SECONDS)
 
 
 def user_errors(fn):
-    """Turn what a user can get wrong into a message in the UI, in the learner's language. Anything else is a bug or
-    a library's internals: logged in full with a request id, and only the id is shown, so the learner can quote it.
-    Also sets LANG for the handler from its request, so what it shows follows the browser's language."""
+    """Turn what a user can get wrong into a message in the UI, in the learner's language. On a page it is a toast
+    and the event's outputs stay as they were (an error would put a red badge on each of them: most of the training
+    panel); an API caller gets it as an error. Anything else is a bug or a library's internals: logged in full with a
+    request id, and only the id is shown, so the learner can quote it. Also sets LANG for the handler from its
+    request, so what it shows follows the browser's language."""
 
-    def explain(e: Exception):
+    def explain(e: Exception) -> gr.Error:
         # each message in one line of the log, or the bug's traceback once (ours): gradio would print a traceback
         # of its queue for every error shown, a learner's typo as loud as a bug
         if isinstance(e, gr.Error):
             return e
         if isinstance(e, UserError):  # bad image, setting, dataset or checkpoint; a full room
-            log.info("%s refused: %s", fn.__name__, e.text("en"))
             return gr.Error(e.text(LANG.get()), print_exception=False)
         if isinstance(e, torch.OutOfMemoryError):
             graphstep.empty_cache()  # release what the failed step held; the session's weights are untouched
@@ -477,15 +478,24 @@ def user_errors(fn):
         log.exception("request %s: handler %s failed", request_id, fn.__name__)
         return gr.Error(say("bug", id=request_id), print_exception=False)
 
-    def language(args, kwargs) -> str:
-        request = next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
-        return lang_of(request)
+    def said(e: Exception, request: gr.Request | None) -> bool:
+        """A learner's mistake, told to their page in a toast (True); else the caller raises explain(e)."""
+        if isinstance(e, UserError):
+            log.info("%s refused: %s", fn.__name__, e.text("en"))
+            if on_page(request):
+                gr.Warning(e.text(LANG.get()))
+                return True
+        return False
+
+    def request_of(args, kwargs) -> gr.Request | None:
+        return next((a for a in [*args, *kwargs.values()] if isinstance(a, gr.Request)), None)
 
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen(*args, **kwargs):
-            lang, steps = language(args, kwargs), fn(*args, **kwargs)
+            request = request_of(args, kwargs)
+            lang, steps = lang_of(request), fn(*args, **kwargs)
             while True:  # gradio may resume a generator on another thread: set the language for each resumption
                 token = LANG.set(lang)
                 try:
@@ -493,7 +503,9 @@ def user_errors(fn):
                 except StopIteration:
                     return
                 except Exception as e:  # noqa: BLE001 -- see explain()
-                    raise explain(e) from None
+                    if not said(e, request):
+                        raise explain(e) from None
+                    value, steps = gr.skip(), iter(())  # the outputs as they were; the run is over
                 finally:
                     LANG.reset(token)
                 yield value
@@ -502,15 +514,23 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def plain(*args, **kwargs):
-        token = LANG.set(language(args, kwargs))
+        request = request_of(args, kwargs)
+        token = LANG.set(lang_of(request))
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
+            if said(e, request):
+                return gr.skip()
             raise explain(e) from None
         finally:
             LANG.reset(token)
 
     return plain
+
+
+def on_page(request: gr.Request | None) -> bool:
+    """Whether a request comes from the app's page (which tied itself to a learner at load), not an API client."""
+    return request is not None and request.session_hash in LEARNERS
 
 
 LANG: contextvars.ContextVar[str] = contextvars.ContextVar("lang", default="en")  # the request's: "en" or "zh"
@@ -913,9 +933,12 @@ def predict(value, request: gr.Request):
     session = own_or_shared(request)
     try:
         x = inference.to_tensor(value, channels=session.model_config.in_channels)
-    except inference.EmptyDrawing as e:
-        # the pad emptied (its own Undo of the last stroke, say): said, and the last drawing's prediction cleared,
-        # not left under gradio's error badges as if it were this drawing's
+    except inference.ImageError as e:
+        # the pad emptied (its own Undo of the last stroke, say), or a file that is no image: said, and the last
+        # image's prediction cleared, not left as if it were this one's (an API caller gets a bad file as an error)
+        if not (isinstance(e, inference.EmptyDrawing) or on_page(request)):
+            raise
+        log.info("predict refused: %s", e.text("en"))
         gr.Warning(e.text(LANG.get()))
         return None, None, [], None
     PAGE_IMAGES[request.session_hash] = x
@@ -964,7 +987,7 @@ def teach_step(last_x, label, layer, request: gr.Request):
     with POOL.click(learner(request)) as session:
         record = session.teach(*labelled(session, last_x, label))
     if "rejected" in record:
-        raise gr.Error(in_language(record["rejected"]), print_exception=False)  # a diverged step: no bug
+        raise UserError(in_language(record["rejected"]))  # a diverged step: no bug
     text = say("taught", step=record["step"], label=label, loss=record["loss"])
     figure = translated(charts.gradient_tensor_figure([record["grads"]], layer, titles=(say("this_step"),)))
     bars = translated(charts.grad_norm_bars_figure({say("this_step"): record["grad_norm"]}))
@@ -1332,7 +1355,8 @@ def training_panel() -> SimpleNamespace:
                     play_btn = gr.Button(I18N("play"), variant="primary", elem_id="play", min_width=70)
                     pause_btn = gr.Button(I18N("pause"), elem_id="pause", min_width=70)
                 with gr.Row(equal_height=True):
-                    n_steps = gr.Number(50, label=I18N("n"), scale=1, min_width=70)  # steps_asked checks it
+                    # steps_asked checks it
+                    n_steps = gr.Number(50, label=I18N("n"), scale=1, min_width=70, elem_id="n_steps")
                     step_n_btn = gr.Button(I18N("step_n"), scale=1, elem_id="step_n", min_width=70)
             status = gr.Markdown(elem_id="status")
             all_on = gr.Checkbox(True, label=I18N("all_shortcuts"), elem_id="all_shortcuts")
@@ -1340,7 +1364,8 @@ def training_panel() -> SimpleNamespace:
             with gr.Accordion(I18N("train"), open=True):
                 optimizer = gr.Radio(OPTIMIZER_CHOICES, value="adam", label=I18N("optimizer"))
                 lr = gr.Number(1e-3, label=I18N("lr"), elem_id="lr")
-                batch = gr.Number(64, label=I18N("batch"), precision=0, elem_id="batch")
+                # no precision: it rounded 1.5 to 2 unsaid (the box still saying 1.5); the session refuses 1.5
+                batch = gr.Number(64, label=I18N("batch"), elem_id="batch")
                 # these three make a new network: a change shows only after Reset, and says so
                 dataset = gr.Dropdown(sorted(DATASETS), value="shapes", label=I18N("dataset"), info=I18N("on_reset"))
                 architecture = gr.Dropdown(
@@ -1349,7 +1374,7 @@ def training_panel() -> SimpleNamespace:
                     label=I18N("architecture"),
                     info=I18N("on_reset"),
                 )
-                seed = gr.Number(0, label=I18N("seed"), precision=0, info=I18N("on_reset"))
+                seed = gr.Number(0, label=I18N("seed"), info=I18N("on_reset"))  # as the batch: the session checks it
                 reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="reset")
         with gr.Column(scale=3):
             loss_chart, acc_chart = chart_row("chart-loss", "chart-acc")
@@ -1460,7 +1485,7 @@ def twins_tab() -> list:
             architecture_choices(), value="ResNet-20", label=I18N("architecture"), info=I18N("twin_on_reset"),
             min_width=160,
         )  # fmt: skip
-        twin_seed = gr.Number(0, label=I18N("seed"), precision=0, info=I18N("twin_on_reset"), min_width=80)
+        twin_seed = gr.Number(0, label=I18N("seed"), info=I18N("twin_on_reset"), min_width=80)  # the session checks it
         twin_n = gr.Number(50, label=I18N("n"), elem_id="twin_n", min_width=80)  # steps_asked checks it
         twin_reset_btn = gr.Button(I18N("reset"), variant="stop", elem_id="twin_reset", min_width=80)
         twin_step_btn = gr.Button(I18N("step_n"), variant="primary", elem_id="twin_step", min_width=80)

@@ -120,7 +120,7 @@ def test_an_empty_drawing_says_so_and_clears_the_last_drawings_prediction(client
         app.predict({"background": str(path), "layers": [], "composite": str(path)}, request)
 
 
-@pytest.mark.parametrize("lr, batch", [(0, 64), (-1, 64), (1e6, 64), (0.001, 0), (0.001, 10**6)])
+@pytest.mark.parametrize("lr, batch", [(0, 64), (-1, 64), (1e6, 64), (0.001, 0), (0.001, 10**6), (0.001, 1.5)])
 def test_a_bad_learning_rate_or_batch_is_refused_and_the_old_one_kept(client, lr, batch):
     assert client.predict("adam", lr, batch, api_name="/configure") == ("adam", 0.001, 64)
 
@@ -357,8 +357,8 @@ def test_a_run_a_newer_run_took_over_says_so_on_its_page(client):
 
 @pytest.mark.parametrize(
     ("seed", "lr", "batch", "said"),
-    [(10**30, 1e-3, 64, "seed must be"), (0, None, 64, "Type a number"), (0, 1e-3, None, "Type a number"),
-     (0, 1e-3, 0, "batch size must be")],
+    [(10**30, 1e-3, 64, "seed must be"), (2.5, 1e-3, 64, "seed must be"), (0, None, 64, "Type a number"),
+     (0, 1e-3, None, "Type a number"), (0, 1e-3, 0, "batch size must be"), (0, 1e-3, 1.5, "batch size must be")],
 )  # fmt: skip
 def test_reset_with_settings_that_cannot_work_says_why_and_keeps_the_learners_network(client, seed, lr, batch, said):
     """A long seed overflowed torch's generator and an emptied box failed on float(None): both showed the bug

@@ -238,6 +238,32 @@ def test_a_junk_upload_after_an_example_gets_the_apps_message(page: Page, tmp_pa
     expect(toast).to_contain_text("not an image we can read", timeout=STEP_MS)
     said = toast.inner_text()
     assert "fake.png" in said and "preprocess" not in said and str(tmp_path) not in said, said
+    expect(page.locator("#prediction")).not_to_contain_text("%")  # the example's prediction is not this file's
+    assert error_badges(page) == 0
+
+
+ERROR_BADGES = """() => [...document.querySelectorAll('body *')].filter(e => e.children.length === 0
+    && e.textContent.trim() === 'Error' && e.offsetParent && !e.closest('.toast-body')).length"""
+
+
+def error_badges(page: Page) -> int:
+    """Gradio's red "Error" badges over an event's outputs (a toast's title aside)."""
+    return page.evaluate(ERROR_BADGES)
+
+
+def test_a_refused_click_is_a_note_that_leaves_the_panel_as_it_was(page: Page):
+    """A refusal put a red Error badge on every output of its event (16 over the charts, the status and the
+    switches) and most stayed after the next Step: now a toast says why, and the panel is untouched."""
+    wait_for_step(page, 0, LOAD_MS)
+    page.locator("#n_steps input").fill("0")
+    page.click("#step_n")
+    toast = page.locator(".toast-body").first
+    expect(toast).to_contain_text("whole number from 1 to 10000", timeout=STEP_MS)
+    expect(toast).to_contain_text("Warning")  # a refusal, not a failure
+    assert error_badges(page) == 0
+    expect(page.locator("#status")).to_contain_text("Step 0")
+    page.click("#step")
+    wait_for_step(page, 1)
 
 
 def test_clear_drawing_right_after_a_stroke_leaves_a_pad_ready_to_draw(page: Page):
