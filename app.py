@@ -1436,9 +1436,11 @@ def teach_tab() -> SimpleNamespace:
     """One labelled step on the learner's image, mixing it in, or its gradients with shortcuts on vs off."""
     with gr.Row():
         # the image a step will be taken on, as the network gets it (32x32): the latest drawing or upload
+        # no buttons: in a 128-px box they sat over the label; CSS draws the 32 px as big blocks (launch's css)
         preview = gr.Image(
-            label=I18N("teach_image"), interactive=False, height=128, width=128, elem_id="teach_image", scale=0
-        )
+            label=I18N("teach_image"), interactive=False, height=128, width=128, elem_id="teach_image", scale=0,
+            buttons=[],
+        )  # fmt: skip
         true_label = gr.Dropdown([], label=I18N("true_label"), elem_id="true_label")
         layer = gr.Dropdown([], label=I18N("layer"))
     with gr.Row():
@@ -1561,6 +1563,10 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     return adopted
 
 
+# the Teach tab's 32x32 picture fills its box in big pixels (a browser draws it at 32 px, smoothed, otherwise)
+CSS = "#teach_image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
 def launch(demo: gr.Blocks, **kwargs):
     """Launch as a public app should be: bounded uploads, messages instead of tracebacks, only assets served."""
     # gradio rebuilds a pandas summary of up to 10,000 past events after every event, for a monitoring page this
@@ -1573,7 +1579,12 @@ def launch(demo: gr.Blocks, **kwargs):
     kwargs.setdefault("run_history", False)
     kwargs.setdefault("mcp_server", mcp_available())
     return demo.launch(
-        i18n=I18N, max_file_size=f"{zipdata.MAX_UPLOAD_MB}mb", show_error=True, allowed_paths=[str(ASSETS)], **kwargs
+        css=CSS,
+        i18n=I18N,
+        max_file_size=f"{zipdata.MAX_UPLOAD_MB}mb",
+        show_error=True,
+        allowed_paths=[str(ASSETS)],
+        **kwargs,
     )
 
 

@@ -232,6 +232,13 @@ def test_a_junk_upload_after_an_example_gets_the_apps_message(page: Page, tmp_pa
     page.get_by_role("tab", name="Upload, paste or webcam", exact=True).click()
     page.locator(".gallery-item").first.click()
     expect(page.locator("#prediction")).to_contain_text("%", timeout=STEP_MS)
+    page.get_by_role("tab", name="Teach it your image", exact=True).click()  # the example, as a step would get it
+    picture = page.locator("#teach_image img")
+    expect(picture).to_be_visible(timeout=STEP_MS)
+    assert picture.bounding_box()["width"] >= 100, "the 32x32 picture is drawn at its own size in its box"
+    assert picture.evaluate("e => getComputedStyle(e).imageRendering") == "pixelated"  # its pixels, not a blur
+    assert page.locator("#teach_image .icon-button-wrapper button").count() == 0  # no toolbar over the label
+    page.get_by_role("tab", name="Predict", exact=True).click()
     page.locator("#upload button[aria-label='Remove Image']").click()
     page.locator("#upload input[type=file]").set_input_files(str(junk))
     toast = page.locator(".toast-body").first
