@@ -632,7 +632,9 @@ def sent(values: list, charts_at=VIEW_CHARTS) -> list:
     return [charts.to_json(v) if i in charts_at and isinstance(v, dict) else v for i, v in enumerate(values)]
 
 
-PAGE_IMAGES: dict[str, torch.Tensor | None] = {}  # a page's connection -> its latest image (Predict's), for its runs
+# a page's connection -> (its latest image (Predict's), whether it came from the pad): for its runs' label, and so that
+# an empty pad clears only a drawing's prediction
+PAGE_IMAGES: dict[str, tuple[torch.Tensor | None, bool]] = {}
 
 
 class RunLabel:
@@ -644,7 +646,7 @@ class RunLabel:
         self.page, self.x, self.value, self.made = request.session_hash, x, None, -float("inf")
 
     def __call__(self, session: Session, end) -> dict | None:
-        x = PAGE_IMAGES.get(self.page, self.x)
+        x = PAGE_IMAGES.get(self.page, (self.x,))[0]
         if x is not self.x:
             self.x, self.made = x, -float("inf")
         if x is None:
@@ -766,7 +768,8 @@ def switch_to(fresh: Session, old: Session, last_x, request: gr.Request):
     POOL.replace(learner(request), fresh)
     preview = gr.skip()
     if fresh.data.classes != old.data.classes:  # a picture means nothing to a net with other classes: gone, also
-        last_x = preview = PAGE_IMAGES[request.session_hash] = None  # from a run's label and the Teach tab
+        last_x = preview = None  # from a run's label and the Teach tab too
+        PAGE_IMAGES[request.session_hash] = (None, True)
     dataset = gr.update(choices=dataset_choices(fresh), value=fresh.config.dataset)
     return [*on_load(last_x, request), last_x, dataset, preview]
 
@@ -926,10 +929,16 @@ def set_block_shortcuts(selected, last_x, request: gr.Request):
 @user_errors
 def predict(value, request: gr.Request):
     """A new image: prepare it once, keep it (as last_x) so predictions follow training, and show what each block
-    sees. An untouched pad (the page's first event) just clears the outputs."""
-    PAGE_IMAGES[request.session_hash] = None  # a run's label shows no image's prediction but this one's from now on
-    if value is None or (isinstance(value, dict) and value.get("composite") is None and not value.get("layers")):
+    sees. An upload removed clears the outputs; an empty pad (cleared, or drawn the first time the Predict tab opens)
+    clears its own drawing's prediction, not an upload's or an example's (the pad's first drawing came a few ms
+    after an example's click, now and then, and wiped the example's prediction)."""
+    page, pad = request.session_hash, isinstance(value, dict)
+    if value is None or (pad and value.get("composite") is None and not value.get("layers")):
+        if pad and not PAGE_IMAGES.get(page, (None, True))[1]:
+            return gr.skip()
+        PAGE_IMAGES[page] = (None, pad)
         return None, None, [], None
+    PAGE_IMAGES[page] = (None, pad)  # a run's label shows no image's prediction but this one's from now on
     session = own_or_shared(request)
     try:
         x = inference.to_tensor(value, channels=session.model_config.in_channels)
@@ -941,7 +950,7 @@ def predict(value, request: gr.Request):
         log.info("predict refused: %s", e.text("en"))
         gr.Warning(e.text(LANG.get()))
         return None, None, [], None
-    PAGE_IMAGES[request.session_hash] = x
+    PAGE_IMAGES[page] = (x, pad)
     result = PREDICTIONS.predict(session, x)
     return x, dict(result["top"]), result["features"], result["picture"]
 
@@ -1323,14 +1332,15 @@ def build_demo() -> gr.Blocks:
                 taught = teach_tab()
             with gr.Tab(I18N("data_model"), id="data"):
                 own = data_tab()
-            with gr.Tab(I18N("twins"), id="twins"):
+            with gr.Tab(I18N("twins"), id="twins") as twins:
                 twin_out = twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
                 gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
-        adopted = wire_training(demo, ui, seen, taught, own, last_x)
+        wire_training(demo, ui, seen, taught, own, last_x)
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
-        # the learner's twins once the page knows its learner (a reload finds them); before any, charts with axes
-        adopted.then(twin_start, None, twin_out, api_visibility="private")
+        # the learner's twins as they are when the tab opens (a reload finds them; before any, charts with axes);
+        # at the page's load it ran before the page knew its learner, and a reload showed none
+        twins.select(twin_start, None, twin_out, api_visibility="private")
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
         # The UI's endpoints keep a learner's state: callable (the page and gradio_client use them) but left out
@@ -1509,9 +1519,8 @@ def twins_tab() -> list:
     return twin_out
 
 
-def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State):
-    """The events that train the learner's session: each updates the charts, the status and the prediction.
-    Returns the page's first event (its learner known), for what else a page shows of its learner at load."""
+def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:
+    """The events that train the learner's session: each updates the charts, the status and the prediction."""
     train_out = [*ui.charts, ui.status, seen.label, ui.switch_chart]
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset, taught.preview]  # a new session: its classes, blocks and dataset
@@ -1560,7 +1569,6 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
         api_name="compare",
         **TRAIN,
     )
-    return adopted
 
 
 # the Teach tab's 32x32 picture fills its box in big pixels (a browser draws it at 32 px, smoothed, otherwise)
