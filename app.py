@@ -272,7 +272,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "no_image": "Draw or upload an image first (Predict tab).",
         "no_label": "Choose the class this image shows.",
         "taught": "Step {step} on your image alone, labelled **{label}**: loss {loss:.4f} "
-        "(the notebook's one step on its one input, class 3, gave 2.2598).",
+        "(the notebook's one step on its one input, class 3, gave 2.2598). Measured in training mode, as the "
+        "notebook's step is: BatchNorm normalises this one image by its own statistics, so the loss can be high "
+        "even where the prediction (evaluation mode) is sure.",
         "mixed": "Your **{label}** will be in each of the next 20 training batches: press Step ×N or Play.",
         "compared": "Loss with shortcuts on: {on:.4f} · off: {off:.4f} (no step taken).",
         "twin_status": "**Step {step}** · {depth} layers, residual vs plain, same initial weights, same batches",
@@ -320,7 +322,8 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "no_image": "请先画一个图形或上传一张图片（“预测”标签页）。",
         "no_label": "请选择这张图片所属的类别。",
         "taught": "只用你的图片（标注为 **{label}**）训练了一步，即第 {step} 步：损失 {loss:.4f}"
-        "（笔记中用它唯一的输入、类别 3 训练一步，损失是 2.2598）。",
+        "（笔记中用它唯一的输入、类别 3 训练一步，损失是 2.2598）。这是训练模式下的损失，和笔记中那一步一样："
+        "BatchNorm 用这一张图片自己的统计量做归一化，所以即使预测（评估模式）很有把握，损失也可能很高。",
         "mixed": "你的 **{label}** 会出现在接下来 20 个训练批次的每一批中：按“走 N 步”或“播放”。",
         "compared": "残差连接开启时的损失：{on:.4f} · 关闭时：{off:.4f}（没有训练）。",
         "twin_status": "**第 {step} 步** · {depth} 层，残差网络与普通网络，相同的初始权重，相同的批次",

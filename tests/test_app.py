@@ -566,3 +566,17 @@ def test_a_runs_label_follows_the_image_drawn_or_uploaded_during_the_run_and_a_n
     net = "notebook (0.6M parameters)"
     out = client.predict(handle_file(str(good)), net, 0, "adam", 0.001, 64, api_name="/use_zip")
     assert out[-1] is None  # the Teach tab's picture, gone with the classes it was drawn for
+
+
+def test_teachs_loss_is_the_training_modes_on_one_image_high_where_the_prediction_is_sure(client):
+    """The Teach tab says so: a circle predicted at 99.9% gave "loss 1.66", which looked like a contradiction. Same
+    weights: evaluation mode ~0.001, training mode (BatchNorm on this one image's statistics) ~1.6."""
+    import math
+    import re
+
+    label, _, _ = client.predict(handle_file(str(ASSETS / "examples" / "circle.png")), api_name="/predict_image")
+    sure = {c["label"]: c["confidence"] for c in label["confidences"]}["circle"]
+    text = client.predict("circle", "block1.conv1", api_name="/teach")[7]
+    loss = float(re.search(r"loss (\d+\.\d+)", text)[1])
+    assert sure > 0.99 and loss > 100 * -math.log(sure), (sure, loss)
+    assert "training mode" in text and "BatchNorm" in text
