@@ -128,7 +128,7 @@ I18N = gr.I18n(
         "seed": "Seed",
         "reset": "Reset",
         "on_reset": "applies when you press Reset",
-        "twin_on_reset": "the first Step ×N or Play builds the twins so; after that, press Reset",
+        "twin_on_reset": "used by the first Step ×N or Play, then by Reset",
         "optimizer": "Optimizer",
         "lr": "Learning rate",
         "batch": "Batch size",
@@ -195,7 +195,7 @@ I18N = gr.I18n(
         "seed": "随机种子",
         "reset": "重置",
         "on_reset": "按“重置”后生效",
-        "twin_on_reset": "第一次按“走 N 步”或“播放”时按此创建；之后请按“重置”",
+        "twin_on_reset": "第一次“走 N 步”或“播放”时使用，之后按“重置”生效",
         "optimizer": "优化器",
         "lr": "学习率",
         "batch": "批大小",
@@ -1335,15 +1335,15 @@ def build_demo() -> gr.Blocks:
                 taught = teach_tab()
             with gr.Tab(I18N("data_model"), id="data"):
                 own = data_tab()
-            with gr.Tab(I18N("twins"), id="twins") as twins:
+            with gr.Tab(I18N("twins"), id="twins"):
                 twin_out = twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
                 gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
-        wire_training(demo, ui, seen, taught, own, last_x)
+        adopted = wire_training(demo, ui, seen, taught, own, last_x)
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
-        # the learner's twins as they are when the tab opens (a reload finds them; before any, charts with axes);
-        # at the page's load it ran before the page knew its learner, and a reload showed none
-        twins.select(twin_start, None, twin_out, api_visibility="private")
+        # the learner's twins once the page knows its learner (a reload finds them; before any, charts with axes).
+        # Not on the tab's select: a learner who opened it at once saw gradio's "in queue", English on a zh page
+        adopted.then(twin_start, None, twin_out, api_visibility="private", show_progress="hidden")
         gr.api(room, api_name="room", queue=False)
         demo.unload(close)
         # The UI's endpoints keep a learner's state: callable (the page and gradio_client use them) but left out
@@ -1522,8 +1522,9 @@ def twins_tab() -> list:
     return twin_out
 
 
-def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State) -> None:
-    """The events that train the learner's session: each updates the charts, the status and the prediction."""
+def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State):
+    """The events that train the learner's session: each updates the charts, the status and the prediction.
+    Returns the page's first event, after which the page's learner is known."""
     train_out = [*ui.charts, ui.status, seen.label, ui.switch_chart]
     setup_out = [*train_out, ui.blocks_on, ui.all_on, taught.true_label, taught.layer]
     switch_out = [*setup_out, last_x, ui.dataset, taught.preview]  # a new session: its classes, blocks and dataset
@@ -1572,6 +1573,7 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
         api_name="compare",
         **TRAIN,
     )
+    return adopted
 
 
 # the Teach tab's 32x32 picture fills its box in big pixels (a browser draws it at 32 px, smoothed, otherwise)
