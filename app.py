@@ -1315,8 +1315,10 @@ def twin_pause(request: gr.Request):
 
 @user_errors
 def twin_lesions(architecture, seed, request: gr.Request):
+    """Each block bypassed in turn, both twins; the twins' panel shows what a first Lesions built."""
     with POOL.click(twin_key(request), lambda: new_twins(architecture, seed or 0)) as twins:
-        return go.Figure(translated(charts.lesion_figure(twins.lesions(size=300))))
+        lesions = go.Figure(translated(charts.lesion_figure(twins.lesions(size=300))))
+        return [lesions, *sent(twin_view(twins), TWIN_CHARTS)]
 
 
 def build_demo() -> gr.Blocks:
@@ -1518,7 +1520,7 @@ def twins_tab() -> list:
     twin_step_btn.click(twin_step_n, [twin_n, *built], twin_out, api_name="twin_step_n", **TRAIN)
     twin_play_btn.click(twin_play, built, twin_out, api_name="twin_play", **TRAIN)
     twin_pause_btn.click(twin_pause, None, twin_out, api_name="twin_pause")  # no `cancels`: as the main Pause
-    lesion_btn.click(twin_lesions, built, lesion_plot, api_name="lesions", **TRAIN)
+    lesion_btn.click(twin_lesions, built, [lesion_plot, *twin_out], api_name="lesions", **TRAIN)
     return twin_out
 
 

@@ -233,14 +233,14 @@ def test_twins_train_side_by_side_and_lesions_chart_both(client):
     assert figure(out[3])["data"]  # gradient routes measured at step 1
     assert "20 layers" in out[4]
     lesions = client.predict("ResNet-20", 0, api_name="/lesions")
-    assert lesions is not None
+    assert lesions[0] is not None and "**Step 2**" in lesions[5]  # the twins' panel as it stands
 
 
 def test_the_twins_first_click_builds_them_at_the_depth_the_learner_picked(app_url):
     """Step xN, Play and Lesions built ResNet-20 twins whatever the depth box said, until a Reset."""
     first, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
     assert "**Step 1** · 32 layers" in first.predict(1, "ResNet-32", 0, api_name="/twin_step_n")[4]
-    other.predict("ResNet-32", 0, api_name="/lesions")  # a first Lesions builds them too
+    assert "32 layers" in other.predict("ResNet-32", 0, api_name="/lesions")[5]  # a first Lesions builds them too
     assert "32 layers" in other.predict(api_name="/twin_pause")[4]
 
 
