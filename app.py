@@ -817,9 +817,10 @@ def download_run(request: gr.Request):
     return str(path)
 
 
-def downloads(request: gr.Request) -> Path:
+def downloads(request: gr.Request, make: bool = True) -> Path:
     folder = DOWNLOADS / "".join(c for c in learner(request) if c.isalnum() or c == "-")[:64]  # never a path
-    folder.mkdir(parents=True, exist_ok=True)
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -1098,7 +1099,7 @@ def room() -> dict:
 def close(request: gr.Request):
     """The page is gone, or reloading: the runs it started end now. If it was its browser's last open page, its
     seats are freed unless the browser is back within a grace (a reload), and its downloads go."""
-    keys, folder = (learner(request), twin_key(request), guided_key(request)), downloads(request)
+    keys, folder = (learner(request), twin_key(request), guided_key(request)), downloads(request, make=False)
     LEARNERS.pop(request.session_hash, None)  # the tab is gone: free its models now, not in an hour
     PAGE_IMAGES.pop(request.session_hash, None)
     # another tab of this browser (or the reloaded page, which gradio can see before the old one's end) keeps them;

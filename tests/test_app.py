@@ -176,6 +176,12 @@ def test_a_learners_downloads_are_deleted_when_they_leave(client):
     assert any(p.suffix == ".zip" for p in folder.iterdir())
     app.close(SimpleNamespace(session_hash=client.session_hash))  # what the tab's unload event calls
     assert not folder.exists()
+    key = "d" * 32  # a browser with two tabs: closing one (not its last) left an empty folder behind
+    for page in ("tab1", "tab2"):
+        app.adopt(key, SimpleNamespace(session_hash=page))
+    app.close(SimpleNamespace(session_hash="tab1"))
+    assert not (app.DOWNLOADS / key).exists()
+    app.close(SimpleNamespace(session_hash="tab2"))
 
 
 def test_train_on_your_own_zip_and_a_bad_zip_is_explained(client, tmp_path):
