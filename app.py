@@ -57,9 +57,10 @@ SKETCH_SIZE = 280  # px of the drawing pad, shown at 100%
 log = logging.getLogger("playground")
 
 LEARN_EN = """
-### Residual connections, in four points (from the course notebook)
+### Residual connections, in four points (the course notebook's words)
 - A residual connection adds a block's **input directly to its output**: `out = relu(F(x) + x)`.
-- It eases the **vanishing gradient** problem of deep networks: the `+ x` passes the gradient back unchanged.
+- The notebook says it eases the **vanishing gradient** problem, the `+ x` passing the gradient back unchanged.
+  What this network shows is different: see claims 1 and 5 below.
 - Information can **skip layers**: it does not have to pass through every block.
 - Deep networks **train faster and better**: a block only has to learn the residual `F(x) = H(x) - x`.
 
@@ -69,53 +70,76 @@ uses it: the `downsample` argument does that work, and `shortcut`'s 8,576 parame
 one `shortcut` (identity, or a projection where the shape changes) that you can switch off: the block becomes the
 "plain" `relu(F(x))` with the same weights.
 
-### What we measured, and things to try
-Every claim below is one click away in **Guided experiments**, which checks it on its run's own numbers and shows a
-recorded run beside yours (recorded on a 2-vCPU Intel Xeon; `python -m resnet.experiment --guided` repeats them).
-1. **Shortcuts off, mid-training (ResNet-56).** No weight changes, yet the loss jumps almost all the way back to
-   chance (recorded: 0.68 → 2.23, chance 2.30). The gradients do **not** vanish: the stem's grows ×3.6. With batch
-   norm, a deep plain net's trouble is not small gradients (He et al. 2016 saw healthy ones too); the notebook's
-   second point is its words, not what this net shows.
-2. **Plain vs residual at 56 layers**, same weights, same batches: the plain net stays at chance (loss 2.30, 11%
-   right) while the residual net learns (66% right after 120 steps): ×6.
-3. **Lesions**: bypass one block at test time. The residual net keeps 45% of its above-chance accuracy on average,
-   the plain net 6% (×7).
-4. **A learning rate of 1000**: the step is rejected and no weight moves (largest change: 0).
-5. **Your drawing's gradients, shortcuts on vs off** (a fresh ResNet-56, no step): the stem's gradient is ×174
-   larger with shortcuts off — through 56 plain layers it explodes rather than vanishes.
-6. Draw a shape, then switch shortcuts off: the prediction changes although no weight did.
+### What we measured: each claim one click away
+**▶ Check it** opens the claim's experiment in **Guided experiments**: it runs there, is checked on its run's own
+numbers, and a run recorded on a 2-vCPU Intel Xeon shows beside yours.
 """
 
-LEARN_ZH = """
-### 残差连接的四个要点（来自课程笔记）
-- 残差连接把残差块的**输入直接加到输出上**：`out = relu(F(x) + x)`。
-- 它缓解深层网络中的**梯度消失**问题：`+ x` 让梯度原样传回。
-- 信息可以**跳过若干层**传递，不必经过所有层。
-- 提高深层神经网络的**训练效率**：每个块只需学习残差 `F(x) = H(x) - x`。
+LEARN_ZH = (  # one line per paragraph: a line break inside a Chinese one shows as a space
+    "\n"
+    "### 残差连接的四个要点（课程笔记的说法）\n"
+    "- 残差连接把残差块的**输入直接加到输出上**：`out = relu(F(x) + x)`。\n"
+    "- 笔记说它能缓解深层网络中的**梯度消失**问题：`+ x` 让梯度原样传回。这个网络表现出来的却不是这样：见"
+    "下面第 1 条和第 5 条。\n"
+    "- 信息可以**跳过若干层**传递，不必经过所有层。\n"
+    "- 提高深层神经网络的**训练效率**：每个块只需学习残差 `F(x) = H(x) - x`。\n"
+    "\n"
+    "### 笔记中的代码和它的错误\n"
+    "笔记里的 `ResidualBlock` 构建了 `self.shortcut`（64→128 块中的 1×1 卷积加批归一化），但 `forward` 从"
+    "未使用它：真正起作用的是参数 `downsample`，`shortcut` 的 8,576 个参数闲置。这里每个块只有一个可以关"
+    '闭的 `shortcut`（恒等映射，或在形状变化处的投影）；关闭后，同样的权重变成"普通"块 `relu(F(x))`。\n'
+    "\n"
+    "### 我们测到的结果：每一条都只需点一下\n"
+    "**▶ 检验它** 会在 **引导实验** 里打开这条结论的实验：在那里运行，用这次运行自己的数字检验，旁边还有"
+    "一次在 2 个虚拟核的 Intel Xeon 上录制的运行。\n"
+)
 
-### 笔记中的代码和它的错误
-笔记里的 `ResidualBlock` 构建了 `self.shortcut`（64→128 块中的 1×1 卷积加批归一化），但 `forward` 从未使用它：
-真正起作用的是参数 `downsample`，`shortcut` 的 8,576 个参数闲置。这里每个块只有一个可以关闭的 `shortcut`
-（恒等映射，或在形状变化处的投影）；关闭后，同样的权重变成"普通"块 `relu(F(x))`。
-
-### 我们测到的结果，以及可以试试的实验
-下面每一条结论都能在 **引导实验** 里一键运行：它用这次运行自己的数字检验结论，并在旁边给出一次录制的运行
-（在一台 2 个虚拟核的 Intel Xeon 上录制；`python -m resnet.experiment --guided` 可以重现）。
-1. **训练中途关掉残差连接（ResNet-56）。** 权重一个都没变，损失却几乎跳回随机猜测的水平（录制结果：0.68 → 2.23，
-   随机猜测为 2.30）。梯度并**没有**消失：stem 层的梯度范数变为 3.6 倍。有了批归一化，深层普通网络的问题不在于梯度
-   太小（何恺明等人 2016 年也看到梯度正常）；笔记的第二点是它的说法，并不是这个网络表现出来的。
-2. **56 层的普通网络与残差网络**，相同的权重，相同的批次：普通网络停在随机猜测（损失 2.30，答对 11%），残差网络在
-   学习（120 步后答对 66%），相差 6 倍。
-3. **损伤实验**：测试时绕过一个残差块。残差网络平均保留了高于随机猜测部分的 45%，普通网络只保留 6%（7 倍）。
-4. **学习率 1000**：这一步被拒绝，没有任何权重改变（最大变化为 0）。
-5. **你的画的梯度，残差连接开与关**（一个新初始化的 ResNet-56，不训练）：关掉残差连接后，stem 层的梯度大了 174 倍
-   ——穿过 56 个普通层，梯度不是消失，而是爆炸。
-6. 画一个图形，然后关闭残差连接：权重没变，预测却变了。
-"""
+# Learn's measured claims, each beside a button that opens its guided experiment ("predict": the Predict tab)
+LEARN_CLAIMS = {
+    "shortcuts_off": (
+        "1. **Shortcuts off, mid-training (ResNet-56).** No weight changes, yet the loss jumps almost all the way back "
+        "to chance (recorded: 0.68 → 2.23, chance 2.30). The gradients do **not** vanish: the stem's grows ×3.6. With "
+        "batch norm, a deep plain net's trouble is not small gradients (He et al. 2016 saw healthy ones too).",
+        "1. **训练中途关掉残差连接（ResNet-56）。** 权重一个都没变，损失却几乎跳回随机猜测的水平"
+        "（录制结果：0.68 → 2.23，随机猜测为 2.30）。梯度并**没有**消失：stem 层的梯度范数变为 3.6 倍。"
+        "有了批归一化，深层普通网络的问题不在于梯度太小（何恺明等人 2016 年也看到梯度正常）。",
+    ),
+    "plain_vs_residual": (
+        "2. **Plain vs residual at 56 layers**, same weights, same batches: the plain net stays at chance (loss 2.30, "
+        "11% right) while the residual net learns (66% right after 120 steps): ×6.",
+        "2. **56 层的普通网络与残差网络**，相同的权重，相同的批次：普通网络停在随机猜测"
+        "（损失 2.30，答对 11%），残差网络在学习（120 步后答对 66%），相差 6 倍。",
+    ),
+    "lesion": (
+        "3. **Remove one block** at test time (ResNet-20). The residual net keeps 45% of its above-chance accuracy on "
+        "average, the plain net 6% (×7).",
+        "3. **测试时去掉一个块**（ResNet-20）。残差网络平均保留了高于随机猜测部分的 45%，普通网络只保留 6%（7 倍）。",
+    ),
+    "lr_1000": (
+        "4. **A learning rate of 1000**: the step is rejected and no weight moves (largest change: 0).",
+        "4. **学习率 1000**：这一步被拒绝，没有任何权重改变（最大变化为 0）。",
+    ),
+    "drawing_gradients": (
+        "5. **One drawing's gradients, shortcuts on vs off** (the example 'star', a fresh ResNet-56, no step): the "
+        "stem's gradient is ×174 larger with shortcuts off. Through 56 plain layers it explodes rather than vanishes.",
+        "5. **一张图的梯度，残差连接开与关**（示例中的星形，一个新初始化的 ResNet-56，不训练）："
+        "关掉残差连接后，stem 层的梯度大了 174 倍。穿过 56 个普通层，梯度不是消失，而是爆炸。",
+    ),
+    "predict": (
+        "6. **Try it yourself**: draw a shape in Predict, then switch the shortcuts off (Training, on top): the "
+        "prediction changes although no weight did.",
+        "6. **自己试试**：在“预测”里画一个图形，然后关闭残差连接（上方的“训练”）：权重没变，预测却变了。",
+    ),
+}
 
 I18N = gr.I18n(
     en={
         "learn_text": LEARN_EN,
+        **{f"learn_{k}": en for k, (en, _) in LEARN_CLAIMS.items()},
+        "check_it": "▶\u00a0Check it",
+        "guided_stop": "■\u00a0Stop",
+        "open_predict": "Open Predict",
+        "start_here": "▶ Start here: five claims about shortcuts, each checked in one click",
         "guided": "Guided experiments",
         "guided_pick": "Pick a claim to check",
         "guided_run": "▶ Run this experiment",
@@ -163,7 +187,7 @@ I18N = gr.I18n(
         "download_run": "Download my run (CSV)",
         "adam": "Adam",
         "sgd": "SGD (momentum 0.9)",
-        "notebook_net": "the notebook's net (0.6M parameters)",
+        "notebook_net": "notebook net (0.6M)",
         "grad_tensor": "The chosen layer's weight gradient",
         "grad_norms": "Gradient norm of every layer",
         "run_file": "Your run: loss, accuracy, gradient norms, events per step",
@@ -182,6 +206,11 @@ I18N = gr.I18n(
     },
     zh={
         "learn_text": LEARN_ZH,
+        **{f"learn_{k}": zh for k, (_, zh) in LEARN_CLAIMS.items()},
+        "check_it": "▶\u00a0检验它",
+        "guided_stop": "■\u00a0停止",
+        "open_predict": "打开“预测”",
+        "start_here": "▶ 从这里开始：关于残差连接的五条结论，每条点一下就能检验",
         "guided": "引导实验",
         "guided_pick": "选一个要验证的结论",
         "guided_run": "▶ 运行这个实验",
@@ -230,7 +259,7 @@ I18N = gr.I18n(
         "download_run": "下载我的训练记录（CSV）",
         "adam": "Adam",
         "sgd": "SGD（动量 0.9）",
-        "notebook_net": "笔记中的网络（60 万参数）",
+        "notebook_net": "笔记中的网络（60 万）",
         "grad_tensor": "所选层的权重梯度",
         "grad_norms": "每一层的梯度范数",
         "run_file": "你的训练记录：每一步的损失、准确率、梯度范数和事件",
@@ -256,8 +285,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "shortcuts on: {on}/{blocks}",
         "train": "training loss {loss:.3f}, batch accuracy {acc:.0%}",
         "held_out": "held-out accuracy {acc:.1%} at step {step}",
-        "visitor": "This is the shipped trained model, shared by every visitor: Step, Play or a shortcut switch "
-        "gives you your own copy to train; Reset, one from random weights.",
+        "visitor": "This is the shipped model, trained before you came ({acc:.0%} of {n} held-out images right), "
+        "shared by every visitor: Step, Play or a shortcut switch gives you your own copy to train; Reset, one from "
+        "random weights.",
         "pretrained": "Started from a trained model: press Reset to train from random weights.",
         "block": "block {i}",
         "no_zip": "Choose a .zip of class folders first (e.g. cat/1.png, dog/2.jpg).",
@@ -289,8 +319,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "watch": "What to watch:",
         "expect": "What to expect:",
         "no_recording": "No recorded run of this experiment is shipped.",
-        "recorded": "**Recorded run** (below), made by `python -m resnet.experiment --guided --record assets/recorded` "
-        "on {cpu}, {date}, in {seconds:.0f} s: {readout}",
+        "recorded": "**Recorded run** (below), on {cpu}, {date}, in {seconds:.0f} s: {readout}  \n"
+        "(`python -m resnet.experiment --guided` runs them all again.)",
+        "guided_hint": "Press ▶ Run this experiment:<br>your run draws here",
         "guided_progress": "Running: {steps} of {total} training steps, phase {phase} of {phases}.",
         "guided_stopped": "Stopped. Run it again to start over.",
         "guided_replaced": "Stopped: an experiment was started again (in this tab or another).",
@@ -306,8 +337,8 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "开启的残差连接：{on}/{blocks}",
         "train": "训练损失 {loss:.3f}，批准确率 {acc:.0%}",
         "held_out": "留出集准确率 {acc:.1%}（第 {step} 步）",
-        "visitor": "这是随应用提供的已训练模型，所有访客共用：单步、播放或开关残差连接会给你一份自己的副本来训练；"
-        "重置则从随机权重开始。",
+        "visitor": "这是随应用提供的模型，在你来之前已训练好（{n} 张留出图像答对 {acc:.0%}），所有访客共用："
+        "单步、播放或开关残差连接会给你一份自己的副本来训练；重置则从随机权重开始。",
         "pretrained": "从已训练的模型开始：按“重置”从随机权重开始训练。",
         "block": "残差块 {i}",
         "no_zip": "请先选择一个按类别分文件夹的 .zip（例如 cat/1.png、dog/2.jpg）。",
@@ -338,8 +369,9 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "watch": "观察哪里：",
         "expect": "预期结果：",
         "no_recording": "这个实验没有附带录制的运行。",
-        "recorded": "**录制的运行**（见下图），由 `python -m resnet.experiment --guided --record assets/recorded` "
-        "在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}",
+        "recorded": "**录制的运行**（见下图），在 {cpu} 上于 {date} 录制，用时 {seconds:.0f} 秒：{readout}  \n"
+        "（`python -m resnet.experiment --guided` 会把它们全部重新运行一遍。）",
+        "guided_hint": "按“▶ 运行这个实验”：<br>你的运行会画在这里",
         "guided_progress": "运行中：第 {steps}/{total} 个训练步，第 {phase}/{phases} 个阶段。",
         "guided_stopped": "已停止。再次运行会从头开始。",
         "guided_replaced": "已停止：又有一个实验开始运行了（本页或另一个标签页）。",
@@ -585,7 +617,7 @@ def status_text(session: Session, report: dict | None = None) -> str:
     if h.evals:
         lines.append(say("held_out", acc=h.evals[-1]["acc"], step=h.evals[-1]["step"]))
     if session is visitor():
-        lines.append(say("visitor"))
+        lines.append(say("visitor", **shipped_accuracy()))
     elif s["step"] == 0 and h.events and h.events[0]["kind"] == "checkpoint":
         lines.append(say("pretrained"))
     for message in (report or {}).get("messages", [])[-3:]:
@@ -714,6 +746,15 @@ def visitor() -> Session:
     """What a page shows before its learner trains: the shipped model, shared by every visitor and never trained.
     Looking and predicting take no seat; the first training action makes the learner a session of their own."""
     return first_session()
+
+
+@functools.cache
+def shipped_accuracy() -> dict:
+    """{"acc", "n"}: the shipped model on the held-out images, measured once. Its status says Step 0 (it was trained
+    before the visitor came) beside predictions at 100%: this says how good it is."""
+    session = visitor()
+    with session.lock:  # the model is shared: no prediction's forward pass meanwhile
+        return {"acc": session.evaluate(session.config.eval_size)["acc"], "n": session.config.eval_size}
 
 
 def own_or_shared(request: gr.Request) -> Session:
@@ -1130,12 +1171,10 @@ def guided_turn(run: guided.GuidedRun, n: int) -> dict:
 
 
 def guided_figures(experiment: guided.Experiment, history, records: list[dict]) -> list[dict]:
-    """The run's chart and its readout chart, for a live run or a recorded one alike."""
+    """A run's two charts, live or recorded: first the one its "What to watch" names (`experiment.chart`), then the
+    other view of the same run (the loss beside the lesions; each layer's off/on ratio beside the drawing's bars)."""
     revision = id(history)
-    if experiment.chart == "grad_norm":
-        main = charts.grad_norm_figure(history, revision)
-    else:
-        main = charts.loss_figure(history, revision)
+    main = charts.loss_figure(history, revision)  # the twins' histories draw both nets: "loss" and "twin_loss"
     readout = charts.accuracy_figure(history, revision)
     switch = next((r for r in records if r["kind"] == "shortcuts"), None)
     lesions = next((r for r in records if r["kind"] == "lesions"), None)
@@ -1146,28 +1185,41 @@ def guided_figures(experiment: guided.Experiment, history, records: list[dict]) 
             k = (experiment.fast if GUIDED_FAST else experiment.full).window
             readout = charts.before_after_figure(guided.before_after(history, switch["step"], k), revision)
     elif lesions is not None:
-        readout = charts.lesion_figure(lesions["lesions"], revision)
-    elif drawing is not None:
-        readout = charts.grad_norm_bars_figure(
-            {say("on"): drawing["on"]["grad_norm"], say("off"): drawing["off"]["grad_norm"]}
+        main, readout = charts.lesion_figure(lesions["lesions"], revision), main
+    elif drawing is not None:  # no step taken: no loss to draw
+        on, off = drawing["on"]["grad_norm"], drawing["off"]["grad_norm"]
+        main, readout = (
+            charts.grad_norm_bars_figure({say("on"): on, say("off"): off}),
+            charts.grad_ratio_figure(on, off),
         )
     return [translated(main), translated(readout)]
 
 
+def guided_waiting() -> list[dict]:
+    """The live charts before a run: empty, saying where the run will draw (a blank gap looked broken)."""
+    empty = translated(charts.loss_figure(History(2)))
+    empty["layout"]["annotations"][0]["text"] = say("guided_hint")
+    return [empty, empty]  # the same figure twice: `sent` writes each as JSON, nothing changes it
+
+
+GUIDED_SHOWN_CHARTS = (1, 2, 4, 5)  # the outputs of `guided_show` that are charts: recorded, then live
+
+
 @user_errors
 def guided_show(experiment_id, request: gr.Request):
-    """What an experiment sets up, what to watch, what to expect, and its recorded run, before it runs."""
+    """What an experiment sets up, what to watch, what to expect, and its recorded run (both its charts), before
+    it runs; the live charts wait for the run."""
     texts, lang = guided_texts(experiment_id), LANG.get()
     guide = "  \n".join(f"**{say(part)}** {texts[part][lang]}" for part in ("setup", "watch", "expect"))
     try:
         recorded = guided.load_recorded(experiment_id)
     except UserError:
-        return guide, None, say("no_recording")
+        return sent([guide, None, None, say("no_recording"), *guided_waiting(), ""], GUIDED_SHOWN_CHARTS)
     m = recorded["machine"]
     note = say("recorded", cpu=m["cpu"], date=m["date"][:10], seconds=recorded["seconds"],
                readout=recorded["effect"]["readout"][lang])  # fmt: skip
-    main, _ = guided_figures(guided.get(experiment_id), recorded["history"], recorded["records"])
-    return guide, main, note
+    figures = guided_figures(guided.get(experiment_id), recorded["history"], recorded["records"])
+    return sent([guide, *figures, note, *guided_waiting(), ""], GUIDED_SHOWN_CHARTS)
 
 
 @user_errors
@@ -1195,7 +1247,9 @@ def guided_run(experiment_id, request: gr.Request):
             found = guided.effect(experiment_id, run)
             line = ("✅ " if found["holds"] else "⚠️ ") + found["readout"][lang]
         elif end in ("stopped", "timeout"):  # paused: said on this run's own stream, after its "Running" lines
-            line = say("guided_stopped")
+            # the charts as the last turn drew them; another pick's empty ones (that pick stopped this run) stay
+            yield gr.skip(), gr.skip(), say("guided_stopped")
+            continue
         yield streams([*guided_figures(run.experiment, run.history(), run.records), line], end)
     if end is None and not run.done:  # ended unsaid: a new run of the experiments took its seat (here, another tab)
         yield gr.skip(), gr.skip(), say("guided_replaced")
@@ -1219,13 +1273,13 @@ def guided_tab() -> None:
     guide = gr.Markdown(elem_id="guided_text")
     with gr.Row():
         run_btn = gr.Button(I18N("guided_run"), variant="primary", elem_id="guided_run")
-        stop_btn = gr.Button(I18N("pause"), elem_id="guided_stop")
+        stop_btn = gr.Button(I18N("guided_stop"), elem_id="guided_stop")  # a run stopped starts over: not a Pause
     status = gr.Markdown(elem_id="guided_status")
     live, readout = chart_row("guided-live", "guided-readout")
     recorded_note = gr.Markdown(elem_id="guided_recorded_note")
-    (recorded,) = chart_row("guided-recorded")
+    recorded = chart_row("guided-recorded", "guided-recorded-readout")
 
-    shown = [guide, recorded, recorded_note]
+    shown = [guide, *recorded, recorded_note, live, readout, status]
     pick.input(guided_pick, pick, shown, api_name="guided_show")  # the learner's pick; the page's load shows the first
     run_btn.click(guided_run, pick, [live, readout, status], api_name="guided_run", **TRAIN)
     # no `cancels`: gradio's cancel of a run kept its last "Running" line on screen over Pause's answer (seen in
@@ -1328,8 +1382,9 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="ResNet Playground") as demo:
         last_x = gr.State(None)  # the learner's latest image as the network's (1, 3, 32, 32) input
         gr.Markdown(I18N("title"))
+        start = gr.Button(I18N("start_here"), elem_id="start_here")
         ui = training_panel()
-        with gr.Tabs():
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab(I18N("guided"), id="guided"):
                 claims = guided_tab()
             with gr.Tab(I18N("predict"), id="predict"):
@@ -1341,7 +1396,9 @@ def build_demo() -> gr.Blocks:
             with gr.Tab(I18N("twins"), id="twins"):
                 twin_out = twins_tab()
             with gr.Tab(I18N("learn"), id="learn"):
-                gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
+                learn_tab(tabs, claims)
+        # the teaching sits under the training panel (a phone's 3.6 screens down): one click from the top
+        start.click(lambda: gr.Tabs(selected="guided"), None, tabs, js=SHOW_TABS_JS, queue=False)
         adopted = wire_training(demo, ui, seen, taught, own, last_x)
         demo.load(guided_show, claims.pick, claims.shown, api_visibility="private")
         # the learner's twins once the page knows its learner (a reload finds them; before any, charts with axes).
@@ -1359,6 +1416,26 @@ def build_demo() -> gr.Blocks:
 
 
 TRAIN = {"concurrency_id": "train", "concurrency_limit": MAX_SESSIONS}  # the real limit: POOL's hardware slots
+
+
+SHOW_TABS_JS = "() => { document.getElementById('tabs')?.scrollIntoView({behavior: 'smooth'}); }"
+
+
+def learn_tab(tabs: gr.Tabs, claims: SimpleNamespace) -> None:
+    """The course notebook's points and its bug, then what we measured: each claim beside a button that opens its
+    guided experiment (the last, Predict), so every claim is one click from being checked."""
+    gr.Markdown(I18N("learn_text"))  # in the browser's language, like the rest of the page
+    for claim in LEARN_CLAIMS:
+        with gr.Row(equal_height=True):
+            gr.Markdown(I18N(f"learn_{claim}"), elem_classes="claim")
+            label = I18N("open_predict" if claim == "predict" else "check_it")
+            button = gr.Button(label, size="sm", scale=0, min_width=130, elem_id=f"check_{claim}")
+        if claim == "predict":
+            button.click(lambda: gr.Tabs(selected="predict"), None, tabs, js=SHOW_TABS_JS, queue=False)
+            continue
+        opened = button.click(lambda c=claim: (gr.Tabs(selected="guided"), c), None, [tabs, claims.pick],
+                              js=SHOW_TABS_JS, queue=False)  # fmt: skip
+        opened.then(guided_pick, claims.pick, claims.shown, api_visibility="private")
 
 
 def training_panel() -> SimpleNamespace:
@@ -1608,6 +1685,7 @@ def warm_up() -> None:
     """Pay the server's one-time costs before the first learner comes: render the built-in dataset (~3 s), the
     imports an optimizer makes when first built (~2 s), the first step's and prediction's kernel choices. Left to
     the first requests, they hold the GIL while a whole room that joined at once waits behind them."""
+    shipped_accuracy()
     session = first_session()
     session.step(1)
     example = next(ASSETS.glob("examples/*.png"), None)

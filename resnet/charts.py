@@ -23,6 +23,7 @@ EVENT_COLOURS = {
     "rejected": "#ff7f0e",
     "teach": "#2ca02c",
 }
+LOG_AXIS = {"type": "log"}
 TWIN_DASH = {"residual": "solid", "plain": "dot"}
 TWIN_COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 
@@ -68,7 +69,9 @@ def _viridis(n: int) -> tuple[str, ...]:
 def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True, **extra) -> dict:
     """labels: name each shortcut switch above the plot (the loss and accuracy charts); the others draw lines."""
     shapes, annotations = [], []
-    for e in events[-30:]:  # the newest few, so a long run's markers don't bury the lines
+    # the newest few, so a long run's markers don't bury the lines; a rejected step's last, over the lr change at
+    # the same step that caused it (drawn after, the grey line hid the orange one)
+    for e in sorted(events[-30:], key=lambda e: e["kind"] == "rejected"):
         colour = EVENT_COLOURS.get(e["kind"], "#7f7f7f")
         shapes.append(
             {
@@ -82,8 +85,9 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
                 "line": {"color": colour, "width": 1, "dash": "dash"},
             }
         )
-        if labels and e["kind"] == "shortcut":
+        if labels and e["kind"] in ("shortcut", "rejected"):
             short = e["text"].replace("shortcut ", "").replace(": all blocks", ": all").replace("block ", "b")
+            short = "rejected" if e["kind"] == "rejected" else short
             annotations.append(
                 {
                     "x": e["step"],
@@ -95,7 +99,7 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
                     "xanchor": "center",
                     "yanchor": "bottom",
                     "font": {"size": 10, "color": colour},
-                    "hovertext": e["text"],
+                    "hovertext": e["text"] if e["kind"] == "shortcut" else short,  # a rejection's reason: the status
                 }
             )
     layout = {
@@ -104,7 +108,7 @@ def _layout(title: str, ytitle: str, revision, events=(), log=False, labels=True
         "margin": {"l": 55, "r": 10, "t": 45, "b": 35},
         "xaxis": {"title": {"text": "step"}},
         # a linear chart plots losses or accuracies: from 0 up (one point's autorange went down to -0.9)
-        "yaxis": {"title": {"text": ytitle}, **({"type": "log"} if log else {"rangemode": "tozero"})},
+        "yaxis": {"title": {"text": ytitle}, **(LOG_AXIS if log else {"rangemode": "tozero"})},
         "legend": {"font": {"size": 10}},
         "shapes": shapes,
         "annotations": annotations,
@@ -121,7 +125,7 @@ def _figure(data: list[dict], layout: dict) -> dict:
     """A live chart. With nothing to draw yet it says how to start, over axes of the run to come (a first step's
     scale), instead of Plotly's empty -1..1 with the start marker as a vertical line through it."""
     if any(len(trace.get("x") or []) for trace in data):
-        return {"data": data, "layout": layout}
+        return _log_ticks({"data": data, "layout": layout})
     yaxis = layout.get("yaxis", {})
     log = yaxis.get("type") == "log"
     empty = {
@@ -132,9 +136,23 @@ def _figure(data: list[dict], layout: dict) -> dict:
              "font": {"size": 16, "color": "#888"}}
         ],
         "xaxis": {**layout.get("xaxis", {}), "range": [0, 100]},
-        "yaxis": {**yaxis, "range": yaxis.get("range", [-3, 1] if log else [0, 2.5])},  # log axes: powers of 10
+        # log axes: 4 decades, labelled at the powers of 10 only (as `_log_ticks` does for such a range)
+        "yaxis": {**yaxis, "range": yaxis.get("range", [-3, 1] if log else [0, 2.5]),
+                  **({"minorloglabels": "none"} if log else {})},
     }  # fmt: skip
     return {"data": data, "layout": empty}
+
+
+def _log_ticks(figure: dict) -> dict:
+    """A log axis over less than ~1.5 decades labels its ticks between powers of ten in full (0.2, 0.5), not as
+    Plotly's bare digits: a "5" under a "1" reads as five. Over more, only the powers of ten: full labels of every
+    digit overlapped."""
+    yaxis = figure["layout"].get("yaxis", {})
+    values = [v for trace in figure["data"] for v in trace.get("y") or [] if isinstance(v, int | float) and v > 0]
+    if yaxis.get("type") == "log" and values:
+        wide = math.log10(max(values) / min(values)) > 1.5
+        figure["layout"]["yaxis"] = {**yaxis, "minorloglabels": "none" if wide else "complete"}
+    return figure
 
 
 def _line_mode(records: list) -> str:
@@ -458,12 +476,29 @@ def grad_norm_bars_figure(runs: dict[str, dict[str, float]]) -> dict:
     layout = {
         "title": {"text": "Gradient norm per layer, input → output", "font": {"size": 14}},
         "barmode": "group",
-        "yaxis": {"type": "log", "title": {"text": "‖∂loss/∂W‖"}},
+        "yaxis": {**LOG_AXIS, "title": {"text": "‖∂loss/∂W‖"}},
         "template": "plotly_white",
         "height": 360,
         "margin": {"l": 55, "r": 10, "t": 50, "b": 80},
     }
-    return {"data": data, "layout": layout}
+    return _log_ticks({"data": data, "layout": layout})
+
+
+def grad_ratio_figure(on: dict[str, float], off: dict[str, float]) -> dict:
+    """Per layer, how many times larger its gradient norm is with the shortcuts off than on (log scale): a plain
+    deep net's trouble, layer by layer. Layers with no gradient in one run (a projection, with shortcuts off) are
+    left out."""
+    layers = [n for n in on if on[n] > 0 and off.get(n, 0) > 0]
+    data = [{"type": "bar", "name": "off ÷ on", "x": layers, "y": [off[n] / on[n] for n in layers],
+             "marker": {"color": "#d62728"}, "hovertemplate": "%{x}: ×%{y:.3g}<extra></extra>"}]  # fmt: skip
+    layout = {
+        "title": {"text": "Shortcuts off ÷ on, per layer, input → output", "font": {"size": 14}},
+        "yaxis": {**LOG_AXIS, "title": {"text": "× the gradient norm"}},
+        "template": "plotly_white",
+        "height": 360,
+        "margin": {"l": 55, "r": 10, "t": 50, "b": 80},
+    }
+    return _log_ticks({"data": data, "layout": layout})
 
 
 # --- twins: depth, gradient routes, lesions -------------------------------------------------------------------
@@ -620,7 +655,7 @@ def compare_figure(
                 },
             }
         )
-    return {"data": data, "layout": _layout(title, ytitle, 0, log=log)}
+    return _log_ticks({"data": data, "layout": _layout(title, ytitle, 0, log=log)})
 
 
 def before_after_figure(readout: dict, revision=0) -> dict:
@@ -644,7 +679,7 @@ def before_after_figure(readout: dict, revision=0) -> dict:
     title = f"Switch at step {readout['step']}: loss {loss['before']:.2f} → {loss['after']:.2f}"
     layout = _layout(title, "‖∂loss/∂W‖", revision, log=True, barmode="group")
     layout["xaxis"] = {"title": {"text": "layer, input → output", "standoff": 12}, "tickangle": -45, "automargin": True}
-    return {"data": data, "layout": layout}
+    return _log_ticks({"data": data, "layout": layout})
 
 
 SWITCH_TEXT = "Train, switch a shortcut,<br>train on: bars compare each<br>layer before and after it"  # fits a phone
@@ -684,6 +719,10 @@ ZH_WHOLE = {
     EMPTY_TEXT: "按“▶ 播放”或一个“步”按钮开始",
     SWITCH_TEXT: "先训练，再开关一个残差连接，<br>继续训练：柱状图比较每一层<br>在切换前后的梯度",
     "Before and after your latest shortcut switch": "你最近一次开关残差连接的前后对比",
+    "rejected": "被拒绝",
+    "Shortcuts off ÷ on, per layer, input → output": "每层：残差连接关闭时的梯度 ÷ 开启时，从输入到输出",
+    "× the gradient norm": "梯度范数的倍数",
+    "off ÷ on": "关闭 ÷ 开启",
 }
 ZH_PATTERNS = [  # (regex, Chinese) applied in order to composed strings
     (r"^∂loss/∂W of (.+)$", r"\1 的 ∂loss/∂W"),

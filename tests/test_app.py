@@ -4,7 +4,9 @@ Each Client is its own session, so these also check that learners don't see each
 """
 
 import json
+import re
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +37,37 @@ def test_step_updates_charts_and_status(client):
     grad = figure(out[2])
     assert {t["name"] for t in grad["data"]} >= {"stem", "block1.conv1", "fc"}
     assert grad["layout"]["yaxis"]["type"] == "log"
+
+
+def test_a_visitor_sees_how_good_the_shipped_model_is_beside_its_step_0(app_url):
+    """The shipped model's status said "Step 0" beside predictions at 100%, as if untrained: it says its held-out
+    accuracy now, measured (not written down), and a learner's own network does not claim it."""
+    visitor = Client(app_url, verbose=False)
+    status = status_of(visitor.predict(api_name="/load"))
+    assert "**Step 0**" in status
+    acc = re.search(r"trained before you came \((\d+)% of 500 held-out images right\)", status)
+    assert acc and int(acc[1]) >= 90, status  # the shipped model was trained 1,500 steps: ~99%
+    assert "trained before you came" not in status_of(visitor.predict(api_name="/step"))
+
+
+def test_every_label_the_page_asks_for_exists_in_both_languages():
+    """A label missing from the page's translations shows as its key ("guided_stop" on a button); and every text
+    the server writes at run time is there in both languages."""
+    import ast
+    import inspect
+
+    import app
+
+    asked = {
+        node.args[0].value
+        for node in ast.walk(ast.parse(inspect.getsource(app)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "I18N" and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }  # fmt: skip
+    asked |= {f"learn_{claim}" for claim in app.LEARN_CLAIMS} | {f"guided_{e}" for e in app.guided.EXPERIMENTS}
+    for lang in ("en", "zh"):
+        assert asked - set(app.I18N.translations[lang]) == set(), lang
+    assert set(app.SAY["en"]) == set(app.SAY["zh"])
 
 
 def test_sessions_are_separate(app_url):
@@ -176,7 +209,7 @@ def test_a_learners_downloads_are_deleted_when_they_leave(client):
     assert any(p.suffix == ".zip" for p in folder.iterdir())
     app.close(SimpleNamespace(session_hash=client.session_hash))  # what the tab's unload event calls
     assert not folder.exists()
-    key = "d" * 32  # a browser with two tabs: closing one (not its last) left an empty folder behind
+    key = uuid.uuid4().hex  # a browser with two tabs: closing one (not its last) left an empty folder behind
     for page in ("tab1", "tab2"):
         app.adopt(key, SimpleNamespace(session_hash=page))
     app.close(SimpleNamespace(session_hash="tab1"))
@@ -285,6 +318,32 @@ def test_a_guided_run_ended_by_a_newer_run_or_another_pick_says_it_stopped(clien
     if then == "run again":
         client.predict(api_name="/guided_stop")
         second.result()
+
+
+WATCHED_TITLE = {  # an experiment's `chart` (what its "What to watch" names) -> the title of the chart shown first
+    "loss": "Loss",
+    "twin_loss": "Loss",
+    "lesions": "Lesions: one block bypassed at test time",
+    "gradient_bars": "Gradient norm per layer, input → output",
+}
+
+
+@pytest.mark.parametrize("experiment", ["shortcuts_off", "plain_vs_residual", "lesion", "lr_1000", "drawing_gradients"])
+def test_a_guided_experiments_recorded_run_shows_the_chart_its_text_names(client, experiment):
+    """The recorded run showed one chart, the loss: an empty one saying "Press ▶ Play or a Step button" for the
+    drawing (no step is taken), the loss instead of the lesion chart for the lesions, no before/after bars for the
+    shortcuts switched off. Now both of the run's charts, the watched one first; the live ones say where a run draws."""
+    import app
+
+    guide, first, second, note, live, readout, status = client.predict(experiment, api_name="/guided_show")
+    first, second = figure(first), figure(second)
+    assert first["layout"]["title"]["text"] == WATCHED_TITLE[app.guided.get(experiment).chart]
+    for shown in (first, second):  # recorded: data in each, no "how to start" hint
+        assert any(len(trace.get("x") or []) for trace in shown["data"]), shown["layout"]["title"]
+        assert app.charts.EMPTY_TEXT not in json.dumps(shown)
+    if experiment == "shortcuts_off":
+        assert second["layout"]["title"]["text"].startswith("Switch at step")  # the before/after bars
+    assert "Run this experiment" in figure(live)["layout"]["annotations"][0]["text"] and status == ""
 
 
 def test_a_guided_run_counts_its_phases_from_one(client):

@@ -63,6 +63,11 @@ def test_the_numbers_behind_each_claim():
     assert loss["data"][0]["x"] == list(range(1, lr.session.step_count + 1))  # a point per step taken, no more
     lines = [s for s in loss["layout"]["shapes"] if s["x0"] == rejected["step"]]
     assert (charts.EVENT_COLOURS["rejected"], "dash") in [(s["line"]["color"], s["line"]["dash"]) for s in lines]
+    # ... seen: drawn after the grey lr lines at the same step (before, the lr line back to 0.001 covered it), named
+    assert len(lines) == 3 and lines[-1]["line"]["color"] == charts.EVENT_COLOURS["rejected"]
+    named = [a for a in loss["layout"]["annotations"] if a["x"] == rejected["step"]]
+    assert [a["text"] for a in named] == ["rejected"]
+    assert charts.translate(loss, "zh")["layout"]["annotations"][-1]["text"] == "被拒绝"
 
     drawing = GuidedRun("drawing_gradients", fast=True).finish()
     grads = drawing.records[0]
@@ -70,6 +75,16 @@ def test_the_numbers_behind_each_claim():
     on, off = grads["on"]["grad_norm"], grads["off"]["grad_norm"]
     assert set(on) == set(off) and off["block10.shortcut"] == 0  # the plain net's projections get no gradient
     assert effect("drawing_gradients", drawing)["numbers"]["stem_ratio"] == pytest.approx(off["stem"] / on["stem"])
+
+
+def test_a_log_axis_labels_its_ticks_in_full_over_a_short_range_and_only_powers_of_ten_over_a_long_one():
+    """The before/after bars (0.1 to 0.5) labelled 0.2 and 0.5 as a bare "2" and "5" under the "1" of 0.1, read as
+    two and five; labelling every digit in full over six decades (the gradient chart) overlapped."""
+    short = charts.grad_norm_bars_figure({"before": {"stem": 0.1, "fc": 0.5}, "after": {"stem": 0.2, "fc": 0.4}})
+    long = charts.grad_norm_bars_figure({"off": {"stem": 174.0, "fc": 0.0003}})
+    assert short["layout"]["yaxis"]["minorloglabels"] == "complete"
+    assert long["layout"]["yaxis"]["minorloglabels"] == "none"
+    assert "minorloglabels" not in charts.loss_figure(History(2))["layout"]["yaxis"]  # linear, and empty
 
 
 def test_before_after_against_hand_worked_means():
