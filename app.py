@@ -9,6 +9,7 @@ import binascii
 import contextvars
 import functools
 import gc
+import hashlib
 import importlib.util
 import inspect
 import logging
@@ -328,6 +329,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "twin_idle": "Pick a depth, then Step ×N or ▶ Play: the twins are built at the first click.",
         "not_base64": "The image must be the file's bytes, base64-encoded.",
         "too_big": "The image is larger than {mb} MB.",
+        "too_many_layers": "A drawing of {n} layers: at most {most} are read.",
         "bad_tool_args": "layers must be 6n+2 from 8 to 56 (8, 14, 20, 32, 44, 56) and steps from 1 to {most}.",
     },
     "zh": {
@@ -378,6 +380,7 @@ SAY = {  # what the server writes at run time, in both languages (the static lab
         "twin_idle": "选择深度，然后按“走 N 步”或“▶ 播放”：第一次点击时才会创建这两个网络。",
         "not_base64": "图片必须是文件内容的 base64 编码。",
         "too_big": "图片超过了 {mb} MB。",
+        "too_many_layers": "这幅画有 {n} 个图层：最多只读取 {most} 个。",
         "bad_tool_args": "layers 必须是 8 到 56 之间的 6n+2（8、14、20、32、44、56），steps 必须在 1 到 {most} 之间。",
     },
 }
@@ -859,7 +862,11 @@ def download_run(request: gr.Request):
 
 
 def downloads(request: gr.Request, make: bool = True) -> Path:
-    folder = DOWNLOADS / "".join(c for c in learner(request) if c.isalnum() or c == "-")[:64]  # never a path
+    key = learner(request)
+    name = "".join(c for c in key if c.isascii() and (c.isalnum() or c == "-"))[:64]  # never a path
+    # a key with nothing left ("!!!", a session hash any client may pick) named DOWNLOADS itself, which the
+    # closing of its page deleted with every learner's downloads in it
+    folder = DOWNLOADS / (name or "key-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest())
     if make:
         folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -1013,6 +1020,31 @@ class JudgedImage(gr.Image):
             return super().preprocess(payload)
         except Exception:  # noqa: BLE001 -- whatever it was, inference re-reads the file and explains
             return payload.path if payload is not None else None
+
+
+class JudgedSketch(gr.Sketchpad):
+    """The drawing pad, its files checked before gradio decodes them: gradio decodes every layer it is sent, and an
+    API caller can send one huge image as many layers (24 layers of a 9000x9000 PNG took a server from 6.6 to 10.6
+    GB). The page sends one layer, a background and their composite, each the pad's size."""
+
+    is_template = True  # the page draws it as gradio's Sketchpad
+
+    def preprocess(self, payload):
+        if payload is not None:
+            sent = (self.blob_storage.get(payload.id) if payload.id is not None else None) or payload
+            layers = [layer for layer in sent.layers or [] if layer is not None]
+            if len(layers) > SKETCH_LAYERS:
+                raise gr.Error(say("too_many_layers", n=len(layers), most=SKETCH_LAYERS))
+            for image in (sent.background, sent.composite, *layers):
+                if image is not None:
+                    try:
+                        inference.check_file(getattr(image, "path", image))  # a FileData's file, or a blob's bytes
+                    except inference.ImageError as e:
+                        raise gr.Error(e.text(LANG.get())) from None
+        return super().preprocess(payload)
+
+
+SKETCH_LAYERS = 4  # the most layers a drawing may have (the page's pad sends one)
 
 
 CLEAR_PAD_JS = """() => {
@@ -1379,7 +1411,9 @@ def twin_lesions(architecture, seed, request: gr.Request):
 def build_demo() -> gr.Blocks:
     """The page: training controls and live charts on top, then a tab per activity."""
     gr.set_static_paths([PLOTLY_JS, ASSETS, PREDICTIONS.folder])
-    with gr.Blocks(title="ResNet Playground") as demo:
+    # delete_cache: the uploads and the files gradio keeps of outputs, an hour after they came (checked every 10
+    # minutes); without it a public server's disk fills with anonymous uploads (five 9-MB files stayed for ever)
+    with gr.Blocks(title="ResNet Playground", delete_cache=(600, 3600)) as demo:
         last_x = gr.State(None)  # the learner's latest image as the network's (1, 3, 32, 32) input
         gr.Markdown(I18N("title"))
         start = gr.Button(I18N("start_here"), elem_id="start_here")
@@ -1410,7 +1444,8 @@ def build_demo() -> gr.Blocks:
         # of the API page and so of the MCP tools, which are the two stateless functions below
         for fn in demo.fns.values():
             fn.api_visibility = "undocumented" if fn.api_visibility == "public" else fn.api_visibility
-        gr.api(classify_image, api_name="classify_image")
+        # it decodes an image of up to 40 Mpx (~0.5 GB at its peak): with Predict's, four at a time in all
+        gr.api(classify_image, api_name="classify_image", concurrency_id="predict")
         gr.api(plain_vs_residual, api_name="plain_vs_residual", concurrency_limit=2)
     return demo
 
@@ -1489,7 +1524,7 @@ def predict_tab() -> SimpleNamespace:
             with gr.Tabs():
                 with gr.Tab(I18N("draw")):
                     # RGBA: an API caller's layers keep their transparency (RGB would turn it black)
-                    sketch = gr.Sketchpad(
+                    sketch = JudgedSketch(
                         value=blank_sketch(),
                         canvas_size=(SKETCH_SIZE, SKETCH_SIZE),
                         fixed_canvas=True,

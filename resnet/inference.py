@@ -206,8 +206,19 @@ def _open(value, draft=None) -> Image.Image:
         value = io.BytesIO(value)
     elif not isinstance(value, (str, os.PathLike)) and not hasattr(value, "read"):
         raise ImageError(f"Cannot read an image from a {type(value).__name__}.")
+    with _header(value) as img:
+        if draft and img.format == "JPEG":
+            img.draft(None, (draft, draft))  # the decoder scales by 1/2..1/8: a 6000x6000 photo loads in ms
+        return _decode(img)
+
+
+def _header(value) -> Image.Image:
+    """The image file `value` (a path, bytes or a file object) opened lazily, its header read and its size checked:
+    nothing decoded yet, so a 1 kB file that claims 30000x30000 pixels costs nothing to refuse."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = io.BytesIO(value)
     try:
-        img = Image.open(value)  # lazy: reads the header only, so the size check below costs nothing
+        img = Image.open(value)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses > 2 * MAX_IMAGE_PIXELS on its own
         size, size_zh = (f"{int(pixels[1]):,} pixels", f"{int(pixels[1]):,} 像素") if pixels else ("too many", "过多")
@@ -217,11 +228,18 @@ def _open(value, draft=None) -> Image.Image:
         ) from None
     except UNREADABLE as e:  # UnidentifiedImageError is an OSError
         raise unreadable(e) from None
-    with img:
+    try:
         _check_size(*img.size)
-        if draft and img.format == "JPEG":
-            img.draft(None, (draft, draft))  # the decoder scales by 1/2..1/8: a 6000x6000 photo loads in ms
-        return _decode(img)
+    except ImageError:
+        img.close()
+        raise
+    return img
+
+
+def check_file(value) -> None:
+    """Refuse an image file (path or bytes) that cannot be read or is too large, from its header alone: for files
+    a library decodes before our code sees them (gradio's Sketchpad decodes every layer it is sent)."""
+    _header(value).close()
 
 
 def _decode(img: Image.Image) -> Image.Image:
