@@ -1141,6 +1141,10 @@ def plain_vs_residual(layers: int = 20, steps: int = 30) -> dict:
         {"layers", "steps", "residual": {"loss", "accuracy"}, "plain": {...}}: each net's mean training loss
         (cross-entropy; 2.30 is chance for 10 classes) and batch accuracy (0 to 1) over its last 10 steps.
     """
+    whole = [isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v == int(v)
+             for v in (layers, steps)]  # fmt: skip
+    if not all(whole):  # "abc" or None was a bug report ("Something went wrong"); 20.5 ran as 20, unsaid
+        raise refuse("bad_tool_args", most=MAX_TOOL_STEPS)
     layers, steps = int(layers), int(steps)
     if layers < 8 or (layers - 2) % 6 or layers > 56 or not 1 <= steps <= MAX_TOOL_STEPS:
         raise refuse("bad_tool_args", most=MAX_TOOL_STEPS)

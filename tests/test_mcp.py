@@ -48,8 +48,9 @@ def test_a_small_plain_vs_residual_run_returns_its_numbers(app_url):
     assert out["layers"] == 8 and out["steps"] == 10
     for net in ("residual", "plain"):
         assert 0 < out[net]["loss"] < 5 and 0 <= out[net]["accuracy"] <= 1
-    with pytest.raises(AppError, match="6n\\+2"):
-        client.predict(9, 10, api_name="/plain_vs_residual")
+    for layers, steps in [(9, 10), (20.5, 10), ("abc", 10), (None, 10), (8, True)]:  # said, not run rounded
+        with pytest.raises(AppError, match="6n\\+2"):
+            client.predict(layers, steps, api_name="/plain_vs_residual")
 
 
 def test_the_app_starts_without_the_mcp_extra():
