@@ -150,8 +150,9 @@ class Front:
         return response
 
     def known(self, request: Request) -> int | None:
+        # compared as text: "²" is a digit to isdigit() and not to int(), and int() refuses 5,000 digits (a 500 each)
         known = request.cookies.get(COOKIE, "")
-        return int(known) if known.isdigit() and 1 <= int(known) <= len(self.ports) else None
+        return int(known) if known in {str(k) for k in range(1, len(self.ports) + 1)} else None
 
     async def processes(self, request: Request):
         """The processes' paths and whether each answers: for a load test or an instructor's check."""
@@ -176,15 +177,30 @@ class Front:
         length = int(request.headers.get("content-length") or 0)
         if length > self.max_body:
             return PlainTextResponse("That file is too large.", status_code=413)
-        headers = [(n, v) for n, v in request.headers.raw if n.decode("latin-1").lower() not in HOP]
+        # the app believes X-Forwarded-For from 127.0.0.1: it hears the learner's address as this server found it
+        # (believing a local proxy's only, as the app alone would), not one the page sent, nor none (every learner
+        # would be 127.0.0.1, a local user to gradio)
+        dropped = HOP | {"x-forwarded-for"}
+        headers = [(n, v) for n, v in request.headers.raw if n.decode("latin-1").lower() not in dropped]
+        if request.client is not None:
+            headers.append((b"x-forwarded-for", request.client.host.encode("latin-1")))
         if b"x-forwarded-host" not in {n.lower() for n, _ in headers}:  # an outer proxy's (a Space's) are kept
             headers.append((b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")))
             headers.append((b"x-forwarded-proto", request.url.scheme.encode("latin-1")))
-        # the path as the page sent it, escapes and all (path_params are decoded: a file "cat #1.png" would break)
-        raw = request.scope["raw_path"].decode("latin-1")
-        path = raw[len(f"/{k}") :] if "k" in request.path_params else raw
-        url = f"http://127.0.0.1:{self.ports[k - 1]}{path}"
-        url += f"?{request.url.query}" if request.url.query else ""
+        # the path as the page sent it, escapes and all (path_params are decoded: a file "cat #1.png" would break);
+        # "/k" comes off only as sent: "/%31%2F@host:port/" matched "/1/", and what was left named another server
+        path = request.scope["raw_path"]
+        if "k" in request.path_params:
+            first, _, rest = path[1:].partition(b"/")
+            if first != str(k).encode():
+                return PlainTextResponse("No such page.", status_code=404)
+            path = b"/" + rest
+        if request.scope["query_string"]:
+            path += b"?" + request.scope["query_string"]
+        try:  # the host and port given apart from the path: nothing in it can name another
+            url = httpx.URL(scheme="http", host="127.0.0.1", port=self.ports[k - 1], raw_path=path)
+        except (httpx.InvalidURL, UnicodeDecodeError):  # not a path, or not ASCII (a browser escapes the rest)
+            return PlainTextResponse("That is not a path.", status_code=400)
         body = self._capped(request) if length or "transfer-encoding" in request.headers else None
         try:
             upstream = await self._client.send(
@@ -237,10 +253,14 @@ def end_with_parent(front_pid: int) -> None:
 
 
 async def relay(upstream: httpx.Response):
-    """The app's answer as it comes (an event stream too); closed also when the page goes before it ends."""
+    """The app's answer as it comes (an event stream too); closed also when the page goes before it ends. One that
+    breaks off (its process died: every page's open streams at once) ends there, with a line in the log; one of a
+    declared length still ends in uvicorn's error, which drops the connection: the page must see it was cut short."""
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
+    except (httpx.HTTPError, httpx.StreamError) as e:
+        log.warning("an answer from %s broke off: %r", upstream.url, e)
     finally:
         await upstream.aclose()
 

@@ -1,13 +1,18 @@
 """The workshop front (resnet.front) before two real app processes: pages go to the processes in turn and a browser
 comes back to its own; each learner's requests (uploads and streams too) reach their process and no other; the room's
-seats are shared out, not multiplied; bad paths and oversized bodies are refused; the processes end with the front."""
+seats are shared out, not multiplied; bad paths and oversized bodies are refused; the processes end with the front.
+What the front makes of hostile requests is tested before stand-ins for its processes (plain HTTP servers)."""
 
 import asyncio
 import contextlib
+import http.server
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -15,10 +20,125 @@ import uuid
 import httpx
 import pytest
 import torch
+import uvicorn
 from gradio_client import handle_file
 
 from resnet import front
 from tests import load_test
+
+
+class StandIn(http.server.BaseHTTPRequestHandler):
+    """An app process, or a service next to it: answers with the path it was asked and keeps each request's path
+    and headers; /broken starts an event stream and dies in the middle of it."""
+
+    def do_GET(self):
+        self.server.seen.append((self.path, self.headers))
+        if self.path == "/broken":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n")
+            self.wfile.write(b"\r\n9\r\ndata: 1\n\n\r\n")
+            self.close_connection = True  # the socket closes with the message half sent
+            return
+        body = self.path.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def stand_ins():
+    """Two servers on free local ports: the front's one process, and a service the front must never reach."""
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn) for _ in range(2)]
+    for server in servers:
+        server.seen = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield servers
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.asynccontextmanager
+async def front_before(process: http.server.HTTPServer, client=("203.0.113.7", 50000)):
+    """A front whose one process is `process`, asked in-process as by a learner at the address `client`."""
+    f = front.Front("app.py", processes=1, port=process.server_address[1] - 1)  # process 1 on port + 1
+    f.start = lambda k: None  # the stand-in already serves
+    transport = httpx.ASGITransport(f.app, client=client)
+    async with f._lifespan(f.app), httpx.AsyncClient(transport=transport, base_url="http://front") as asks:
+        yield asks
+
+
+def ask(process, *requests, **kwargs) -> list[httpx.Response]:
+    """`requests`: (method, path, options) for httpx, asked of a front before `process` one after the other."""
+
+    async def asked():
+        async with front_before(process, **kwargs) as asks:
+            return [await asks.request(method, path, **options) for method, path, options in requests]
+
+    return asyncio.run(asked())
+
+
+@contextlib.contextmanager
+def served(process: http.server.HTTPServer):
+    """A front before `process` served by uvicorn on a free port, as `front.serve` does: its port."""
+    f = front.Front("app.py", processes=1, port=process.server_address[1] - 1)
+    f.start = lambda k: None
+    server = uvicorn.Server(uvicorn.Config(f.app, host="127.0.0.1", port=load_test.free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    yield server.config.port
+    server.should_exit = True
+    thread.join()
+
+
+def status_of(port: int, target: str) -> int:
+    """The status of a GET of `target` sent as it is: no client library escapes or mends it."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        return int(s.makefile("rb").readline().split()[1])
+
+
+def test_a_path_reaches_its_process_and_no_other_host(stand_ins):
+    """An escaped "/1/" ("/%31%2F"), or a path without its first "/", left text after the port, where "x@host" is an
+    address: the front fetched any host:port it was given and sent back the answer."""
+    process, service = stand_ins
+    elsewhere = f"@127.0.0.1:{service.server_address[1]}/secret"
+    targets = ["/%31%2F" + elsewhere, "/1%2F" + elsewhere, "%2F" + elsewhere, "/%31/config"]
+    targets += ["/1/gradio_api/file=cat%20%231.png?x=1", "/1/a//b", "/favicon.ico"]
+    with served(process) as port:
+        assert [status_of(port, t) for t in targets] == [404, 404, 400, 404, 200, 200, 200]
+    assert not service.seen
+    assert [path for path, _ in process.seen] == ["/gradio_api/file=cat%20%231.png?x=1", "/a//b", "/favicon.ico"]
+
+
+def test_a_cookie_that_names_no_process_places_the_page_anew(stand_ins):
+    """A cookie of "²" (a digit to str.isdigit, not to int()) or of 5,000 digits (past int()'s limit): a 500."""
+    cookies = ["playground_process=\u00b2".encode("latin-1"), b"playground_process=" + b"9" * 5000]
+    answers = ask(stand_ins[0], *[("GET", path, {"headers": {"cookie": c}}) for c in cookies for path in ("/", "/x")])
+    assert [a.status_code for a in answers] == [302, 200] * 2
+    assert answers[0].headers["location"] == "1/"
+
+
+def test_a_process_that_dies_mid_answer_ends_the_answer(stand_ins, caplog):
+    """A process killed while its pages' streams are open: each stream ends, with a line in the log, not a
+    traceback from the server for every page."""
+    with caplog.at_level(logging.WARNING, logger="playground.front"):
+        answer = ask(stand_ins[0], ("GET", "/1/broken", {}))[0]
+    assert answer.status_code == 200 and answer.content == b"data: 1\n\n"
+    assert "broke off" in caplog.text
+
+
+def test_the_app_hears_the_learners_address_from_the_front_alone(stand_ins):
+    """The app believes the front's X-Forwarded-For (it comes from 127.0.0.1): the front's must be the learner's
+    address as its server found it, never one the page sent, and never missing (every learner a local user)."""
+    process = stand_ins[0]
+    ask(process, ("GET", "/1/", {}), ("GET", "/1/", {"headers": {"x-forwarded-for": "127.0.0.1"}}))
+    assert [headers.get_all("x-forwarded-for") for _, headers in process.seen] == [["203.0.113.7"]] * 2
 
 
 def test_app_processes_per_machine():
