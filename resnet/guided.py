@@ -177,12 +177,13 @@ EXPERIMENTS = {
                 "classes). At the switch it climbs back at least half of the way it had come down: no weight changed, "
                 "yet most of what those steps taught is gone. The gradients do not vanish: the stem's gradient norm "
                 "at least doubles. With batch norm, a deep plain net's trouble is not small gradients (He et al. 2016 "
-                "found healthy gradient norms in their plain nets too), yet it learns far more slowly: see the experiment "
-                "'Plain vs residual at 56 layers'.",
+                "found healthy gradient norms in their plain nets too), yet it learns far more slowly: see the "
+                "experiment 'Plain vs residual at 56 layers'.",
                 "训练 {train[0]} 步后，损失已明显低于随机猜测的水平（不到 2.30 的 80%；2.30 是在十个类别中均匀乱猜时的"
                 "损失）。切换的那一刻，损失至少回升了此前降幅的一半：权重一个都没变，这些步学到的东西却大半没了。"
                 "梯度并没有消失：stem 层的梯度范数反而至少翻倍。有了批归一化，深层普通网络的问题不在于梯度太小"
-                "（何恺明等人 2016 年也发现，他们的普通网络梯度范数正常），但它学得慢得多：参见实验“56 层：普通网络与残差网络”。",
+                "（何恺明等人 2016 年也发现，他们的普通网络梯度范数正常），但它学得慢得多："
+                "参见实验“56 层：普通网络与残差网络”。",
             ),
             readout=Text(
                 "Loss {loss_before:.2f} before the switch, {loss_after:.2f} in the {k} steps after (chance "
