@@ -209,14 +209,22 @@ def make_shapes(n_train: int = 10000, n_test: int = 2000, seed: int = 0) -> Data
 # --- registry -------------------------------------------------------------------------------------------------
 DATASETS = {"shapes": make_shapes}  # name -> builder() returning a Dataset
 _CACHE: dict[tuple[str, str], Dataset] = {}  # (name, device) -> the one copy every session shares; read-only
-_LOCK = threading.Lock()  # two sessions starting at once must not build the same dataset twice
+# One lock per name: two sessions starting at once must not build the same dataset twice, and a slow build (a
+# Hub download that stalls) must not hold up a session that wants another dataset, or one already built.
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCK = threading.Lock()  # guards _LOCKS; held for a dict lookup, never during a build
+
+
+def _lock(name: str) -> threading.Lock:
+    with _LOCK:
+        return _LOCKS.setdefault(name, threading.Lock())
 
 
 def register(name: str, builder: Callable[[], Dataset]) -> None:
     """Make builder() loadable as name; it runs once, on the first load_dataset(name)."""
-    with _LOCK:
-        DATASETS[name] = builder
-        for key in [k for k in _CACHE if k[0] == name]:  # a re-registered name must not serve the old data
+    with _lock(name):  # after any build of the old builder, whose data must not land in the cache afterwards
+        DATASETS[name] = builder  # and a re-registered name must not serve the old data:
+        for key in [k for k in list(_CACHE) if k[0] == name]:  # list(): another name's build may add a key meanwhile
             del _CACHE[key]
 
 
@@ -228,12 +236,14 @@ def load_dataset(name: str = "shapes", device="cpu") -> Dataset:
             zh=f"未知的数据集 {name!r}；可选 {sorted(DATASETS)}",
         )
     device = str(torch.empty(0, device=device).device)  # "cuda" -> "cuda:0": one key per real device
-    with _LOCK:
+    if (built := _CACHE.get((name, device))) is not None:  # the common case, a Reset: no lock to wait on
+        return built
+    with _lock(name):
         if (name, "cpu") not in _CACHE:
             _CACHE[name, "cpu"] = DATASETS[name]()
         if (name, device) not in _CACHE:
             _CACHE[name, device] = _CACHE[name, "cpu"].to(device)
-    return _CACHE[name, device]
+        return _CACHE[name, device]
 
 
 # --- augmentation -------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def _open(value, draft=None) -> Image.Image:
     elif not isinstance(value, (str, os.PathLike)) and not hasattr(value, "read"):
         raise ImageError(f"Cannot read an image from a {type(value).__name__}.")
     with _header(value) as img:
-        if draft and img.format == "JPEG":
+        if draft and img.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture in it
             img.draft(None, (draft, draft))  # the decoder scales by 1/2..1/8: a 6000x6000 photo loads in ms
         return _decode(img)
 

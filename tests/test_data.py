@@ -1,14 +1,23 @@
 """The data layer's promises: a deterministic, balanced, learnable-but-not-trivial shapes set, a registry that
-fails clearly and shares one copy, and an augmentation that is exactly a per-sample flip and shift.
+fails clearly, shares one copy and never makes one learner wait on another's download, an augmentation that is
+exactly a per-sample flip and shift, and a learner's zip that is refused by name when it is damaged or would cost
+minutes to decode.
 """
+
+import io
+import struct
+import threading
+import zipfile
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from resnet import data
+from resnet import data, zipdata
 from resnet.data import augment, load_dataset, make_shapes, normalize
 from resnet.errors import UserError
+from resnet.inference import to_square
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +92,39 @@ def test_load_dataset_builds_once_and_register_replaces(monkeypatch):
     assert len(load_dataset("tiny").train_y) == 30
 
 
+def test_a_stalled_build_holds_up_only_its_own_dataset(monkeypatch):
+    # a Hub download that hangs: learners on a built dataset, or on another one, must not wait for it
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    monkeypatch.setattr(data, "_CACHE", {})
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def stalled():
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        return make_shapes(n_train=20, n_test=10)
+
+    data.register("stalled", stalled)
+    data.register("built", lambda: make_shapes(n_train=20, n_test=10))
+    data.register("other", lambda: make_shapes(n_train=20, n_test=10))
+    built = load_dataset("built")
+    got = {}
+    waiting = [threading.Thread(target=lambda k=k: got.setdefault(k, []).append(load_dataset("stalled"))) for k in "ab"]
+    for t in waiting:
+        t.start()
+    try:
+        assert started.wait(10)
+        others = threading.Thread(target=lambda: got.update(built=load_dataset("built"), other=load_dataset("other")))
+        others.start()
+        others.join(10)
+        assert got.get("built") is built and "other" in got, "a stalled build held up another dataset"
+    finally:
+        release.set()
+        for t in waiting:
+            t.join(10)
+    assert len(calls) == 1 and got["a"][0] is got["b"][0]  # the second learner waited for the first one's build
+
+
 def test_dataset_to_moves_every_tensor(shapes):
     moved = shapes.to("cpu")
     assert moved is not shapes and moved.classes == shapes.classes
@@ -146,3 +188,101 @@ def test_augment_runs_on_the_gpu_with_a_gpu_generator(batch):
     a = augment(x, torch.Generator(device="cuda").manual_seed(0))
     assert a.device == x.device and torch.equal(a, augment(x, torch.Generator(device="cuda").manual_seed(0)))
     assert load_dataset("shapes", device="cuda").train_x.device.type == "cuda"
+
+
+# --- a learner's zip (resnet.zipdata) ----------------------------------------------------------------------------
+def png(size, mode="L") -> bytes:
+    """A single-colour PNG: a few kB even at many megapixels, cheap to make and costly only to decode."""
+    buf = io.BytesIO()
+    Image.new(mode, (size, size) if isinstance(size, int) else size, 90).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_zip(path, entries: dict[str, bytes], method=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, raw in entries.items():
+            z.writestr(name, raw)
+    return path
+
+
+@pytest.fixture
+def squared(monkeypatch):
+    """What load_zip had decoded, in order: each image it handed to to_square."""
+    images = []
+    monkeypatch.setattr(zipdata, "to_square", lambda value: images.append(value) or to_square(value))
+    return images
+
+
+def test_a_huge_image_is_refused_from_its_header_before_it_is_decoded(tmp_path, squared):
+    entries = {"cat/a.png": png(32), "cat/b.png": png(32), "dog/huge.png": png((4000, 3000)), "dog/d.png": png(32)}
+    with pytest.raises(UserError, match=r"'dog/huge.png' is 4000x3000 pixels \(12.0 Mpx\); the limit is 8.3 Mpx"):
+        zipdata.load_zip(make_zip(tmp_path / "huge.zip", entries))
+    assert [img.size for img in squared] == [(32, 32), (32, 32)]
+
+
+def test_the_zips_pixels_have_a_budget_checked_before_each_image_is_decoded(tmp_path, squared):
+    entries = {f"{c}/{i}.png": png(1000) for c in "ab" for i in range(3)}  # 1 Mpx each
+    with pytest.raises(UserError, match=r"more than 4 Mpx \(at 'b/1.png'\)") as refused:
+        zipdata.load_zip(make_zip(tmp_path / "many.zip", entries), zipdata.ZipLimits(max_total_pixels=4_000_000))
+    assert "b/1.png" in refused.value.text("zh") and len(squared) == 4
+
+
+def test_a_phone_photo_counts_at_the_scale_a_jpeg_decodes_at(tmp_path, squared):
+    # 12 Mpx, as a JPEG and as the MPO a phone writes (a JPEG with a second picture in it): both decode at 1/8
+    photo, buf, mpo = Image.new("RGB", (4000, 3000), (200, 120, 40)), io.BytesIO(), io.BytesIO()
+    photo.save(buf, "JPEG")
+    photo.save(mpo, "MPO", save_all=True, append_images=[photo.resize((400, 300))])
+    entries = {
+        "cat/photo.jpg": buf.getvalue(),
+        "cat/phone.jpg": mpo.getvalue(),
+        "dog/a.png": png(32),
+        "dog/b.png": png(32),
+    }
+    loaded = zipdata.load_zip(make_zip(tmp_path / "photos.zip", entries), zipdata.ZipLimits(max_total_pixels=500_000))
+    assert loaded.classes == ("cat", "dog") and [img.size for img in squared[:2]] == [(500, 375)] * 2
+
+
+def corrupt_crc(raw: bytearray):
+    for sig, at in ((b"PK\x03\x04", 14), (b"PK\x01\x02", 16)):  # the first member's CRC, in both headers
+        raw[raw.find(sig) + at] ^= 0xFF
+
+
+def corrupt_data(raw: bytearray):
+    start = raw.find(b"PK\x03\x04")
+    name_len, extra_len = struct.unpack("<HH", raw[start + 26 : start + 30])
+    at = start + 30 + name_len + extra_len
+    raw[at : at + 20] = b"\xff" * 20  # the first member's deflate stream
+
+
+def encrypt_flag(raw: bytearray):
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # "encrypted" on every member, no password
+        k = 0
+        while (k := raw.find(sig, k)) >= 0:
+            raw[k + at] |= 1
+            k += 4
+
+
+def unknown_method(raw: bytearray):
+    for sig, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # a compression method zipfile lacks (AES)
+        raw[raw.find(sig) + at : raw.find(sig) + at + 2] = struct.pack("<H", 99)
+
+
+@pytest.mark.parametrize(
+    "corrupt, reason",
+    [
+        (corrupt_crc, "is damaged"),
+        (corrupt_data, "is damaged"),
+        (encrypt_flag, "is password-protected"),
+        (unknown_method, "is damaged"),
+    ],
+)
+def test_a_damaged_or_encrypted_member_is_refused_by_name(tmp_path, corrupt, reason):
+    entries = {f"{c}/{i}.png": png(40) for c in "ab" for i in range(3)}
+    stored = corrupt is corrupt_crc  # stored, not deflated: only the CRC check can notice
+    path = make_zip(tmp_path / "odd.zip", entries, zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    raw = bytearray(path.read_bytes())
+    corrupt(raw)
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=f"'a/0.png' {reason}") as refused:
+        zipdata.load_zip(path)
+    assert "a/0.png" in refused.value.text("zh")
