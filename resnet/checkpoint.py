@@ -1,12 +1,12 @@
 """Checkpoints a learner can hand on: model.safetensors + config.json + a README.md card, made as bytes in memory
 for a folder (`save`), one zip (`download_zip`) or a Hub repo (`push`). One from outside is untrusted: sizes are
-checked against `CheckpointLimits` before a byte is read, config.json before anything is built, a repo id is only an
-id. Models are built on the meta device, so no save or load draws from torch's global RNG (seeded runs hold).
+checked against `CheckpointLimits` before a byte is read, config.json (and the size of the net it asks for) before
+anything is built, a repo id is only an id, and the Hub is given `HUB_TIMEOUT_S` to answer. Models are built on the
+meta device, so no save or load draws from torch's global RNG (seeded runs hold).
 """
 
 import dataclasses
 import json
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -18,12 +18,36 @@ except ImportError:  # huggingface-hub before 2.0 (a GPU image's, say) uses http
     import httpx as httpx2
 import safetensors.torch
 import torch
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_url
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import (
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+    set_client_factory,
+    validate_repo_id,
+)
 
 from .errors import UserError
-from .model import ResNet, ResNetConfig, count_parameters
+from .model import ARCHITECTURES, ResNet, ResNetConfig, architecture, count_parameters
+
+HUB_TIMEOUT_S = 20.0  # seconds the Hub may keep silent (connecting, or between two bytes) before a load or push stops
+
+
+def _hub_client() -> "httpx2.Client":
+    """huggingface_hub's shared HTTP client as the library makes it, but with `HUB_TIMEOUT_S`: its own has none
+    (timeout=None), so a Hub that accepts a connection and never answers held a learner's push for good."""
+    client = default_client_factory()
+    client.timeout = httpx2.Timeout(HUB_TIMEOUT_S)
+    return client
+
+
+try:  # a private name of huggingface_hub (1.x and 2.4 have it): without it, the library's own client, untimed
+    from huggingface_hub.utils._http import default_client_factory
+except ImportError:  # pragma: no cover -- another version's layout
+    pass
+else:
+    set_client_factory(_hub_client)  # at import, before any request: a later swap closes the client others use
 
 
 class CheckpointError(UserError):
@@ -40,12 +64,26 @@ class HubResNet(ResNet):
             self.set_shortcut(on, i)
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # accepted for float tensors, widened to the model's float32
+
+
 def _built(kwargs: dict, state: dict[str, torch.Tensor]) -> HubResNet:
     """HubResNet(**kwargs) holding exactly `state`'s tensors, in eval mode. Built on the meta device: no random
     init to overwrite, so nothing is drawn from torch's global RNG (a seeded Reset may be drawing from it now)."""
     with torch.device("meta"):
         model = HubResNet(**kwargs)
     expected = model.state_dict()  # meta tensors: names, shapes and dtypes, no memory
+    # float16 or bfloat16 for a float tensor (half the bytes) is widened; nothing narrower: int8 weights would
+    # pack 4x the float32 parameters the file's size cap allows
+    odd = [k for k, v in state.items() if k in expected and v.dtype != expected[k].dtype]
+    odd = [k for k in odd if not (expected[k].is_floating_point() and state[k].dtype in HALF_DTYPES)]
+    if odd:
+        raise CheckpointError(
+            f"model.safetensors holds {odd[0]} as {str(state[odd[0]].dtype).removeprefix('torch.')}: weights must "
+            "be float32, float16 or bfloat16",
+            zh=f"model.safetensors 中的 {odd[0]} 是 {str(state[odd[0]].dtype).removeprefix('torch.')}："
+            "权重必须是 float32、float16 或 bfloat16",
+        )
     # assign keeps a tensor's own dtype: one saved in fp16 would then meet fp32 inputs
     state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)  # missing, unexpected or mis-shaped: RuntimeError
@@ -205,7 +243,7 @@ def push(model: HubResNet, repo_id: str, token: str, card: dict | None = None) -
                 f"the Hugging Face Hub refused the push to {repo_id}: the token needs write access to it",
                 zh=f"Hugging Face Hub 拒绝了推送到 {repo_id}：令牌需要对它有写入权限",
             ) from None
-        raise unreachable(repo_id, e) from None
+        raise hub_failed(repo_id, e) from None
     return str(url)
 
 
@@ -222,8 +260,42 @@ class CheckpointLimits:
     max_width: int = 512  # channels of the stem or any stage
     max_classes: int = 1000  # outputs of the classifier (at least 2)
     in_channels: tuple[int, ...] = (1, 3)  # grayscale or RGB
+    # what a training step costs: a 512-wide stage of 4 blocks passes every cap above, has 18.9 M parameters and 19 G
+    # multiply-adds per image, and held the CPU's one training slot 16.5 s per batch-64 step (ResNet-56: 0.23 s)
+    max_parameters: int = 2_000_000  # ResNet-56: 0.86 M; ResNet-110 (1.7 M) still loads
+    max_macs: int = 500_000_000  # multiply-adds of one forward pass on a 32x32 image (the notebook's net: 211 M)
 
 
+def cost(cfg: ResNetConfig) -> tuple[int, int]:
+    """(parameters, multiply-adds of one forward pass on a 32x32 image) of the net `cfg` describes, counted from the
+    config as ResNet builds it, so an untrusted one is measured before anything is built. Convs and fc make the
+    multiply-adds (BN, relu and "+ x" are a few per activation); each BN adds 2 parameters per channel."""
+    side, c_in = 32, cfg.in_channels
+    params = macs = 0
+
+    def conv(c_out: int, k: int = 3) -> None:  # a conv from c_in channels onto a side x side output, then its BN
+        nonlocal params, macs
+        params += c_in * c_out * k * k + 2 * c_out
+        macs += c_in * c_out * k * k * side * side
+
+    conv(cfg.stem_width)
+    c_in = cfg.stem_width
+    for stage, (width, n) in enumerate(zip(cfg.widths, cfg.blocks)):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            side = -(-side // stride)  # a 3x3 conv with padding 1, or a 1x1, at stride 2: ceil(side / 2)
+            conv(width)  # conv1
+            if stride != 1 or c_in != width:
+                conv(width, k=1)  # the projection shortcut, from the block's input too
+            c_in = width
+            conv(width)  # conv2
+    params += c_in * cfg.num_classes + cfg.num_classes  # fc, after the global average pool
+    macs += c_in * cfg.num_classes
+    return params, macs
+
+
+# the largest nets a learner can pick, by each measure: what the app trains, and the scale of the caps
+OFFERED = {name.split(" (")[0]: cost(architecture(name)) for name in ARCHITECTURES}
 LIMITS = CheckpointLimits()
 CONFIG_KEYS = {"architecture", "classes", "shortcuts", "dataset"}  # config.json's fields; dataset is optional
 ARCH_KEYS = {f.name for f in dataclasses.fields(ResNetConfig)}  # zero_init_residual is optional
@@ -264,6 +336,11 @@ def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
             f"config.json is not this app's checkpoint config ({type(e).__name__}: {e})",
             zh=f"config.json 不是本应用的检查点配置（{type(e).__name__}: {e}）",
         ) from None
+    except RecursionError:  # [[[[...]]]] nested deeper than Python's stack: 100 kB of brackets is enough
+        raise CheckpointError(
+            "config.json is not this app's checkpoint config: it is nested too deeply",
+            zh="config.json 不是本应用的检查点配置：嵌套层数太深",
+        ) from None
     if unknown:
         raise CheckpointError(
             f"config.json is not this app's checkpoint config: unknown fields {unknown[:5]}",
@@ -299,6 +376,18 @@ def read_config(raw: bytes, limits: CheckpointLimits = LIMITS) -> dict:
         raise CheckpointError(
             "This checkpoint is outside what the app builds: it needs " + "; ".join(problems) + ".",
             zh="这个检查点超出了本应用能构建的范围，需要满足：" + "；".join(problems) + "。",
+        )
+    params, macs = cost(ResNetConfig(**arch))
+    if params > limits.max_parameters or macs > limits.max_macs:
+        (net_p, (most_p, _)), (net_m, (_, most_m)) = (max(OFFERED.items(), key=lambda kv: kv[1][i]) for i in (0, 1))
+        raise CheckpointError(
+            f"This checkpoint's network is too big to train here: {params:,} parameters and {macs / 1e6:,.0f} million "
+            f"multiply-adds per image; the limits are {limits.max_parameters:,} and {limits.max_macs / 1e6:,.0f} "
+            f"million (the largest nets the app offers: {net_p}, {most_p:,} parameters; {net_m}, "
+            f"{most_m / 1e6:,.0f} million multiply-adds).",
+            zh=f"这个检查点的网络太大，无法在这里训练：{params:,} 个参数，每张图片 {macs / 1e6:,.0f} 百万次乘加；"
+            f"上限是 {limits.max_parameters:,} 个参数和 {limits.max_macs / 1e6:,.0f} 百万次乘加（本应用提供的最大网络："
+            f"{net_p} 有 {most_p:,} 个参数；{net_m} 每张图片 {most_m / 1e6:,.0f} 百万次乘加）。",
         )
     return {
         "architecture": dict(arch),
@@ -388,11 +477,39 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def unreachable(repo_id: str, e: Exception) -> CheckpointError:
+def hub_failed(repo_id: str, e: Exception) -> CheckpointError:
+    """What went wrong with a Hub call, in words: an error status with the Hub's own message (a rate limit or an
+    outage is not the learner's network), no answer within HUB_TIMEOUT_S, or no connection at all."""
+    response = getattr(e, "response", None)
+    if response is not None:
+        status, reason = response.status_code, response.reason_phrase  # httpx fills in the phrase: "Not Found"
+        said = " ".join(str(getattr(e, "server_message", None) or "").split())[:200]  # the Hub's words, one line
+        said = f" — {said}" if said else ""
+        later = status == 429 or status >= 500  # too many requests, or the Hub's own trouble: it passes
+        return CheckpointError(
+            f"the Hugging Face Hub {'refused' if status < 500 else 'failed on'} the request for {repo_id}: "
+            f"{status} {reason}{said}" + ("; wait a minute and try again" if later else ""),
+            zh=f"Hugging Face Hub {'拒绝了' if status < 500 else '未能处理'}对 {repo_id} 的请求："
+            f"{status} {reason}{said}" + ("；请稍等一分钟再试" if later else ""),
+        )
+    if isinstance(e, httpx2.TimeoutException):
+        return CheckpointError(
+            f"the Hugging Face Hub did not answer within {HUB_TIMEOUT_S:g} s for {repo_id}; try again later",
+            zh=f"Hugging Face Hub 在 {HUB_TIMEOUT_S:g} 秒内没有回应 {repo_id} 的请求；请稍后再试",
+        )
     return CheckpointError(
         f"could not reach the Hugging Face Hub for {repo_id} ({type(e).__name__}); check the network and try again",
         zh=f"无法连接 Hugging Face Hub 获取 {repo_id}（{type(e).__name__}）；请检查网络后再试",
     )
+
+
+def _download(repo_id: str, name: str, sha: str, token: str | bool) -> bytes:
+    """One file of a repo at commit `sha`, into memory. Not hf_hub_download: that writes to disk, and retries a
+    metadata request that timed out with a 60 s timeout of its own."""
+    url = hf_hub_url(repo_id, name, revision=sha)
+    response = get_session().get(url, headers=build_hf_headers(token=token), timeout=HUB_TIMEOUT_S)
+    hf_raise_for_status(response)
+    return response.content
 
 
 def load_repo(
@@ -400,24 +517,20 @@ def load_repo(
 ) -> HubResNet:
     """A checkpoint from a Hub model repo: the id is checked (never read as a path on the server), the two files'
     sizes come from the Hub's metadata before anything is downloaded, and only those two files are fetched, at
-    the commit that was measured, into a temporary folder that is gone when this returns."""
+    the commit that was measured, into memory: nothing is written."""
     repo_id = check_repo_id(repo_id)
     token = token or False  # no token: anonymous, never the server's own saved token
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token, timeout=HUB_TIMEOUT_S)
         check_sizes({s.rfilename: s.size for s in info.siblings or []}, repo_id, limits)
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = [
-                Path(hf_hub_download(repo_id, name, revision=info.sha, token=token, local_dir=tmp)).read_bytes()
-                for name in FILES
-            ]
+        raw = [_download(repo_id, name, info.sha, token) for name in FILES]
     except (RepositoryNotFoundError, RevisionNotFoundError):  # the Hub says the same for private and gated repos
         raise CheckpointError(
             f"there is no public model repo {repo_id}{f' at {revision}' if revision else ''} on the Hugging Face Hub",
             zh=f"Hugging Face Hub 上没有公开的模型仓库 {repo_id}",
         ) from None
     except (httpx2.HTTPError, OSError) as e:  # offline, refused, timed out, rate-limited, the Hub down
-        raise unreachable(repo_id, e) from None
+        raise hub_failed(repo_id, e) from None
     return build(*raw, limits)
 
 

@@ -19,6 +19,7 @@ from .data import DataError, Dataset, register
 from .inference import to_square
 
 CACHE = Path(os.environ.get("PLAYGROUND_CACHE", Path.home() / ".cache" / "resnet-playground"))
+HUB_TIMEOUT = 10  # s the Hub may take to answer; left to itself, hf_hub_download retries a silent Hub for 6 minutes
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,45 @@ def decode_parquet(path: str | Path, image_column: str) -> tuple[torch.Tensor, .
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
 
 
+def _why(e: BaseException) -> tuple[str, str]:
+    """Why a download failed, in English and Chinese. hf_hub_download wraps a 429 or a 500 from the Hub in an error
+    that says to check the connection: the Hub's own answer, found in the chain, is what the learner should read."""
+    while getattr(e, "response", None) is None and e.__cause__ is not None:
+        e = e.__cause__
+    response = getattr(e, "response", None)
+    if response is not None:
+        said = " ".join(str(getattr(e, "server_message", None) or "").split())[:200]  # the Hub's words, one line
+        answer = f"{response.status_code} {response.reason_phrase}" + (f" — {said}" if said else "")
+        if response.status_code == 429 or response.status_code >= 500:  # busy or down: it passes
+            return f"the Hub answered {answer}; try again in a minute", f"Hub 回应 {answer}；请稍等一分钟再试"
+        return f"the Hub answered {answer}", f"Hub 回应 {answer}"
+    if type(e).__name__.endswith("Timeout"):  # ConnectTimeout, ReadTimeout, ... of httpx or httpx2, either client
+        return "the Hub did not answer in time; try again later", "Hub 没有及时回应；请稍后再试"
+    return "this machine may be offline", "这台机器可能没有联网"
+
+
+def _download(spec: HubDataset, filename: str, local_dir) -> str:
+    """The file's local path: from the cache without the network, else downloaded after one quick question."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    where = {"repo_type": "dataset", "revision": spec.revision}
+    try:
+        return hf_hub_download(spec.repo, filename, local_dir=local_dir, local_files_only=True, **where)
+    except LocalEntryNotFoundError:
+        pass
+    # one HEAD, no retries: a Hub that does not answer is reported in HUB_TIMEOUT s, not after hf_hub_download's
+    # own retries (6 HEADs of 60 s each)
+    get_hf_file_metadata(hf_hub_url(spec.repo, filename, **where), timeout=HUB_TIMEOUT)
+    return hf_hub_download(spec.repo, filename, local_dir=local_dir, etag_timeout=HUB_TIMEOUT, **where)
+
+
 def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
     """Download (or find in the cache) and decode a Hub dataset; the decoded tensors are cached on disk."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:  # huggingface-hub's HTTP client (httpx before 2.0): its HTTPError is a timeout, a refusal or an error status
+        from httpx2 import HTTPError
+    except ImportError:
+        from httpx import HTTPError
 
     spec = HUB_DATASETS[name]
     cached = CACHE / f"{name}-{spec.revision}.pt"
@@ -80,15 +116,13 @@ def load_hub(name: str, local_dir: str | Path | None = None) -> Dataset:
     tensors = {}
     for split, filename in (("train", spec.train), ("test", spec.test)):
         try:
-            path = hf_hub_download(
-                spec.repo, filename, repo_type="dataset", revision=spec.revision, local_dir=local_dir
-            )
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+            path = _download(spec, filename, local_dir)
+        except (HTTPError, OSError) as e:  # LocalEntryNotFoundError is an OSError; a timed-out GET comes as it is
+            en, zh = _why(e)
             raise DataError(
-                f"{name} could not be fetched from the Hugging Face Hub ({type(e).__name__}): this "
-                "machine may be offline. The embedded 'shapes' dataset works without a network.",
-                zh=f"无法从 Hugging Face Hub 获取 {name}（{type(e).__name__}）：这台机器可能没有联网。"
-                "内置的 shapes 数据集不需要网络。",
+                f"{name} could not be fetched from the Hugging Face Hub ({type(e).__name__}): {en}. "
+                "The embedded 'shapes' dataset works without a network.",
+                zh=f"无法从 Hugging Face Hub 获取 {name}（{type(e).__name__}）：{zh}。内置的 shapes 数据集不需要网络。",
             ) from e
         tensors[f"{split}_x"], tensors[f"{split}_y"] = decode_parquet(path, spec.image)
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,11 +22,12 @@ import pytest
 import safetensors.torch
 import torch
 from huggingface_hub import ModelCard
+from torch.utils.flop_counter import FlopCounterMode
 
 from resnet import checkpoint
 from resnet.checkpoint import CheckpointError, CheckpointLimits
 from resnet.errors import UserError
-from resnet.model import ResNet, ResNetConfig
+from resnet.model import ARCHITECTURES, ResNet, ResNetConfig, architecture, cifar_config, count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = [str(i) for i in range(10)]
@@ -159,6 +161,8 @@ def test_a_config_that_is_not_json_or_too_big_is_refused(tmp_path):
     for raw in (b"{not json", b"[1, 2]", b'{"architecture": "resnet", "classes": [], "shortcuts": []}'):
         with pytest.raises(CheckpointError, match="not this app's checkpoint config"):
             checkpoint.build(raw, weights)
+    with pytest.raises(CheckpointError, match="nested too deeply"):  # json.loads: RecursionError, in 40 kB
+        checkpoint.build(b'{"architecture": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", weights)
     with pytest.raises(CheckpointError, match="config.json is 200,000 bytes; the limit is 100,000 bytes"):
         checkpoint.build(b" " * 200_000, weights)
 
@@ -173,12 +177,75 @@ def test_weights_over_the_limit_or_damaged_are_refused(tmp_path):
         checkpoint.build(config, safetensors.torch.save({"fc.weight": torch.zeros(10, 128)}))
 
 
-def test_weights_saved_in_half_precision_load_as_the_models_own_float32(tmp_path):
+def as_dtype(weights: bytes, dtype: torch.dtype) -> bytes:
+    """model.safetensors with its float tensors stored as `dtype` (BN's num_batches_tracked stays int64)."""
+    state = safetensors.torch.load(weights)
+    return safetensors.torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_weights_saved_in_half_precision_load_as_the_models_own_float32(tmp_path, dtype):
     config, weights = saved()
-    half = {k: v.half() if v.is_floating_point() else v for k, v in safetensors.torch.load(weights).items()}
-    model = checkpoint.build(config, safetensors.torch.save(half))
+    model = checkpoint.build(config, as_dtype(weights, dtype))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model(torch.zeros(1, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.float8_e4m3fn, torch.float64])
+def test_weights_in_another_dtype_are_refused(dtype):
+    # int8 packs 4x the float32 parameters into the file's size cap, to be widened to float32 in memory
+    config, weights = saved()
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=f"as {name}: weights must be float32, float16 or bfloat16") as e:
+        checkpoint.build(config, as_dtype(weights, dtype))
+    assert "float32、float16 或 bfloat16" in e.value.zh
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        ResNetConfig(),  # the notebook's net
+        cifar_config(3),  # ResNet-20
+        ResNetConfig(in_channels=1, stem_width=5, widths=(7, 9, 11, 13), blocks=(1, 2, 1, 3), num_classes=4),
+        ResNetConfig(stem_width=8, widths=(8,), blocks=(2,), num_classes=2),  # no projection at all
+    ],
+)
+def test_cost_counts_what_pytorch_counts(arch):
+    # parameters as the built net has them; multiply-adds as torch's FLOP counter sees a forward pass (2 per MAC)
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing drawn from the RNG
+        model = ResNet(arch)
+        with FlopCounterMode(display=False) as flops:
+            model(torch.empty(1, arch.in_channels, 32, 32))
+    assert checkpoint.cost(arch) == (count_parameters(model), flops.get_total_flops() // 2)
+
+
+def test_a_network_too_big_to_train_here_is_refused_before_its_weights_are_read():
+    # a 512-wide stage of 4 blocks passes every width and block cap and, as int8, the file's size cap; it took
+    # 16.5 s per training step on CPU where ResNet-56 takes 0.23 s
+    config, _ = saved(stem_width=512, widths=[512], blocks=[4], shortcuts=[True] * 4)
+    words = (
+        r"too big to train here: 18,902,538 parameters and 19,342 million multiply-adds per image; the limits are "
+        r"2,000,000 and 500 million \(the largest nets the app offers: ResNet-56, 855,770 parameters; notebook, "
+        r"211 million multiply-adds\)"
+    )
+    with pytest.raises(CheckpointError, match=words) as e:
+        checkpoint.build(config, b"never read")
+    assert "18,902,538 个参数" in e.value.zh and "ResNet-56 有 855,770 个参数" in e.value.zh
+    deep, _ = saved(widths=[128] * 4, blocks=[18] * 4, shortcuts=[True] * 72)  # 72 blocks: 1.6 G multiply-adds
+    with pytest.raises(CheckpointError, match="too big to train here"):
+        checkpoint.build(deep, b"never read")
+
+
+@pytest.mark.parametrize("name", [*ARCHITECTURES, "ResNet-110"])
+def test_every_net_the_app_offers_and_resnet_110_load_back(name):
+    arch = cifar_config(18) if name == "ResNet-110" else architecture(name)
+    with torch.device("meta"):
+        model = ResNet(arch)
+    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    config = json.dumps(
+        {"architecture": arch.to_dict(), "classes": CLASSES, "shortcuts": model.shortcuts, "dataset": "shapes"}
+    )
+    assert checkpoint.build(config.encode(), safetensors.torch.save(state)).config == arch
 
 
 def test_a_folder_checkpoint_is_size_checked_before_it_is_read(tmp_path):
@@ -251,6 +318,9 @@ class FakeHub(ThreadingHTTPServer):
         self.writers: dict[str, str] = {}  # repo -> the token that may write to it
         self.log: list[tuple[str, str, str]] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.fail: tuple[int, str] | None = None  # (status, the Hub's message): every request gets this answer
+        self.silent_on = ""  # a request whose path holds this gets no answer until `release` is set
+        self.release = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -274,6 +344,11 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         hub.log.append((self.command, path, self.headers.get("Authorization", "")))
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if hub.silent_on and hub.silent_on in path:
+            hub.release.wait()  # accepted, and never answered
+            return
+        if hub.fail:
+            return self.reply(hub.fail[0], json_body={"error": hub.fail[1]})
         parts = path.strip("/").split("/")
         not_found = {"X-Error-Code": "RepoNotFound"}
         if parts[:2] == ["api", "models"] and (len(parts) == 4 or parts[4] == "revision"):  # model info
@@ -326,6 +401,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     yield hub
+    hub.release.set()
     hub.shutdown()
     hub.server_close()
 
@@ -387,6 +463,81 @@ def test_without_the_hub_a_load_or_push_says_it_could_not_reach_it(monkeypatch, 
         checkpoint.load_repo("you/net")
     with pytest.raises(UserError, match=reach):
         checkpoint.push(checkpoint.to_hub(small_model(), "abc"), "you/net", "hf_token")
+
+
+@pytest.fixture()
+def impatient():
+    """The Hub is given 0.5 s, not HUB_TIMEOUT_S. huggingface_hub's shared client takes its timeout when it is made:
+    it is made again with this one, and again after."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "HUB_TIMEOUT_S", 0.5)
+        huggingface_hub.close_session()
+        yield
+    huggingface_hub.close_session()
+
+
+def within(seconds: float, call) -> BaseException | None:
+    """What `call()` raised (None if it returned), asserting it ended within `seconds`: a call with no timeout would
+    otherwise hang the test run as it hung the app (400+ s)."""
+    ended = []
+
+    def run():
+        try:
+            call()
+            ended.append(None)
+        except Exception as e:  # noqa: BLE001 -- handed to the test to look at
+            ended.append(e)
+
+    start = time.monotonic()
+    threading.Thread(target=run, daemon=True).start()
+    while not ended and time.monotonic() - start < seconds:
+        time.sleep(0.05)
+    assert ended, f"still waiting for the Hub after {seconds} s"
+    return ended[0]
+
+
+@pytest.mark.parametrize(
+    "action, silent_on",
+    [
+        ("load", "/api/models/you/net"),  # the model info, with the files' sizes
+        ("load", "/resolve/"),  # a file's download
+        ("push", "/api/repos/create"),
+        ("push", "/commit/"),  # the commit, once the repo exists
+    ],
+)
+def test_a_hub_that_accepts_and_never_answers_is_given_up_on_with_a_message(fake_hub, impatient, action, silent_on):
+    fake_hub.repos["you/net"] = hub_files(small_model(), "abc")
+    fake_hub.writers["you/net"] = "hf_write"
+    fake_hub.silent_on = silent_on
+    if action == "load":
+        error = within(10, lambda: checkpoint.load_repo("you/net"))
+    else:
+        error = within(10, lambda: checkpoint.push(checkpoint.to_hub(small_model(), "abc"), "you/net", "hf_write"))
+    assert isinstance(error, CheckpointError), error
+    assert str(error) == "the Hugging Face Hub did not answer within 0.5 s for you/net; try again later"
+    assert error.zh == "Hugging Face Hub 在 0.5 秒内没有回应 you/net 的请求；请稍后再试"
+    assert any(silent_on in path for _, path, _ in fake_hub.log)
+
+
+@pytest.mark.parametrize(
+    "status, reason, later",
+    [(400, "Bad Request", False), (429, "Too Many Requests", True), (500, "Internal Server Error", True)],
+)
+def test_an_error_from_the_hub_says_its_status_and_the_hubs_words_not_check_the_network(
+    fake_hub, status, reason, later
+):
+    fake_hub.fail = (status, "slow  down,\nplease")
+    refused = "refused" if status < 500 else "failed on"
+    for call in (
+        lambda: checkpoint.load_repo("you/net"),
+        lambda: checkpoint.push(checkpoint.to_hub(small_model(), "abc"), "you/net", "hf_write"),
+    ):
+        with pytest.raises(CheckpointError) as e:
+            call()
+        said = f"{status} {reason} — slow down, please"  # on one line: it is shown as one
+        assert str(e.value).startswith(f"the Hugging Face Hub {refused} the request for you/net: {said}")
+        assert ("; wait a minute and try again" in str(e.value)) == later and "network" not in str(e.value)
+        assert said in e.value.zh and ("请稍等一分钟再试" in e.value.zh) == later
 
 
 def test_a_pushed_checkpoint_loads_back_from_the_hub_with_its_card(fake_hub):

@@ -4,15 +4,20 @@ import io
 import json
 import zipfile
 
+import huggingface_hub
 import huggingface_hub.constants
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from huggingface_hub import file_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.utils import hf_raise_for_status
 from PIL import Image
 
 from resnet import checkpoint, hub, zipdata
+from resnet.checkpoint import httpx2  # huggingface-hub's HTTP client (httpx before 2.0)
 from resnet.data import normalize
 from resnet.errors import UserError
 from resnet.inference import to_tensor
@@ -65,6 +70,61 @@ def test_grayscale_28px_images_become_3_channel_32px(offline, tmp_path):
 def test_offline_without_the_files_is_a_clear_message(offline, tmp_path):
     with pytest.raises(zipdata.DataError, match="offline.*'shapes'"):
         hub.load_hub("fashion_mnist", local_dir=tmp_path / "empty")
+
+
+def hub_refuses(monkeypatch, status: int, message: str):
+    """The Hub answering the download's HEAD request with `status`, for a file not in the cache: the library's own
+    errors, raised the library's way, from the one HEAD `hub` asks first (get_hf_file_metadata) and from
+    hf_hub_download (a 429 or a 500 comes wrapped in a LocalEntryNotFoundError saying to check the connection)."""
+    url = "https://huggingface.co/datasets/x/y/resolve/main/train.parquet"
+
+    def head(*args, **kwargs):
+        hf_raise_for_status(
+            httpx2.Response(status, headers={"X-Error-Message": message}, request=httpx2.Request("HEAD", url))
+        )
+
+    def download(*args, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        try:
+            head()
+        except HfHubHTTPError as e:
+            file_download._raise_on_head_call_error(e, force_download=False, local_files_only=False)
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+@pytest.mark.parametrize(
+    "status, said",
+    [
+        (429, "429 Too Many Requests — rate limited; try again in a minute"),
+        (503, "503 Service Unavailable — rate limited; try again in a minute"),
+        (400, "400 Bad Request — rate limited."),
+    ],
+    ids=["429", "503", "400"],
+)
+def test_an_error_from_the_hub_is_shown_as_the_hubs_answer_not_as_offline(monkeypatch, tmp_path, status, said):
+    monkeypatch.setattr(hub, "CACHE", tmp_path / "cache")
+    hub_refuses(monkeypatch, status, "rate limited")
+    with pytest.raises(zipdata.DataError) as e:
+        hub.load_hub("cifar10")
+    assert f"the Hub answered {said}" in str(e.value) and "offline" not in str(e.value)
+    assert said.split(" — ")[0] in e.value.zh and "没有联网" not in e.value.zh
+
+
+def test_a_download_that_timed_out_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    # the file's GET, retried and timed out, comes out of hf_hub_download as httpx's own ReadTimeout
+    def download(*args, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        raise httpx2.ReadTimeout("The read operation timed out")
+
+    monkeypatch.setattr(hub, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *args, **kwargs: None)  # the HEAD answered
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(zipdata.DataError, match=r"\(ReadTimeout\): the Hub did not answer in time; try again later"):
+        hub.load_hub("mnist")
 
 
 def make_zip(path, entries: dict[str, bytes]):
