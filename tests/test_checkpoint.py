@@ -519,6 +519,19 @@ def test_a_hub_that_accepts_and_never_answers_is_given_up_on_with_a_message(fake
     assert any(silent_on in path for _, path, _ in fake_hub.log)
 
 
+def test_a_hub_dataset_download_that_never_answers_is_said_in_seconds(fake_hub, impatient, monkeypatch, tmp_path):
+    """hf_hub_download retried a silent Hub's HEAD six times at 60 s each: a learner who picked cifar10 waited 396 s
+    for "could not reach". One HEAD now, with the dataset download's own timeout."""
+    from resnet import data, hub
+
+    monkeypatch.setattr(hub, "CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(hub, "HUB_TIMEOUT", 0.5)
+    fake_hub.silent_on = "/resolve/"
+    error = within(10, lambda: hub.load_hub("cifar10", local_dir=tmp_path / "files"))
+    assert isinstance(error, data.DataError) and "Hugging Face Hub" in str(error), error
+    assert any("/resolve/" in path for _, path, _ in fake_hub.log)
+
+
 @pytest.mark.parametrize(
     "status, reason, later",
     [(400, "Bad Request", False), (429, "Too Many Requests", True), (500, "Internal Server Error", True)],
