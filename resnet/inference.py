@@ -29,6 +29,9 @@ EMPTY = "The drawing is empty: draw a shape first."
 EMPTY_ZH = "画板是空的：请先画一个图形。"
 WHITE = (255, 255, 255)
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises on bytes that are no (whole) image
+# the formats read, by their bytes: PIL would also open EPS and PDF (handed to Ghostscript, where installed), PSD,
+# and a few dozen more that no learner means and whose decoders are more code an untrusted file reaches
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG opens a phone's MPO too
 
 
 class ImageError(UserError):
@@ -218,7 +221,7 @@ def _header(value) -> Image.Image:
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = io.BytesIO(value)
     try:
-        img = Image.open(value)
+        img = Image.open(value, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses > 2 * MAX_IMAGE_PIXELS on its own
         size, size_zh = (f"{int(pixels[1]):,} pixels", f"{int(pixels[1]):,} 像素") if pixels else ("too many", "过多")

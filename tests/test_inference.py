@@ -223,6 +223,29 @@ def test_junk_file_named_png_gives_a_clear_message(tmp_path):
     assert str(e.value) == "That file is not an image we can read (cannot identify image file)."
 
 
+@pytest.mark.parametrize("kind", ["EPS", "PSD"])
+def test_a_format_no_learner_means_is_never_handed_to_its_decoder(tmp_path, monkeypatch, kind):
+    """PIL opens dozens of formats; EPS goes to Ghostscript where it is installed. Only the common image formats
+    are read: any other is refused as unreadable before its plugin sees the file."""
+    path = tmp_path / "picture.png"
+    Image.new("RGB", (40, 40), "white").save(path, "EPS" if kind == "EPS" else "PNG")
+    if kind == "PSD":  # PIL writes no PSD: a header that its PSD plugin accepts (1 channel, 8-bit, 40x40)
+        path.write_bytes(b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, 40, 40, 8, 1) + b"\0" * 64)
+    with Image.open(path) as img:
+        assert img.format == kind  # PIL itself would read it
+    plugin = Image.OPEN[kind][0]  # the format's image class: its _open parses the file's header
+    seen = []
+
+    def parse(self):  # a header read by the plugin: what the app must never let an untrusted file reach
+        seen.append(kind)
+        raise SyntaxError(kind)
+
+    monkeypatch.setattr(plugin, "_open", parse)
+    with pytest.raises(ImageError, match="not an image we can read"):
+        to_image(path)
+    assert seen == [], f"the {kind} plugin read the file"
+
+
 @pytest.mark.parametrize(
     "value",
     [
