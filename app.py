@@ -1027,7 +1027,8 @@ class JudgedSketch(gr.Sketchpad):
     API caller can send one huge image as many layers (24 layers of a 9000x9000 PNG took a server from 6.6 to 10.6
     GB). The page sends one layer, a background and their composite, each the pad's size."""
 
-    is_template = True  # the page draws it as gradio's Sketchpad
+    def get_block_name(self) -> str:
+        return "imageeditor"  # the page draws it as gradio's Sketchpad does (a template of its ImageEditor)
 
     def preprocess(self, payload):
         if payload is not None:
