@@ -1667,7 +1667,7 @@ def wire_training(demo, ui: SimpleNamespace, seen, taught, own, last_x: gr.State
     own.load_btn.click(load_model, [own.model_file, own.repo, last_x], switch_out, api_name="load_model", **TRAIN)
     # on Enter or leaving the box, not per keystroke: typing "0.01" passes through "0"
     gr.on(
-        [ui.optimizer.change, ui.lr.submit, ui.lr.blur, ui.batch.submit, ui.batch.blur],
+        [ui.optimizer.input, ui.lr.submit, ui.lr.blur, ui.batch.submit, ui.batch.blur],
         configure,
         [ui.optimizer, ui.lr, ui.batch],
         [ui.optimizer, ui.lr, ui.batch],

@@ -305,6 +305,25 @@ def test_clear_drawing_right_after_a_stroke_leaves_a_pad_ready_to_draw(page: Pag
     expect(prediction).not_to_contain_text("Error")
 
 
+def test_a_page_view_takes_no_seat(browser, app_url):
+    """The Optimizer radio's change event fired on every page load, before the page knew its learner: each view
+    took a seat, keyed by its connection, for 30 minutes (a public Space's 32 seats went to 32 views), and now and
+    then the learner's own (its status said "Started from a trained model" instead of the shared one's)."""
+    import app
+
+    seats = len(app.POOL)
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="en-US")
+    try:
+        page = context.new_page()
+        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+        wait_for_step(page, 0, LOAD_MS)
+        expect(page.locator("#status")).to_contain_text("shared by every visitor")
+        page.wait_for_timeout(2_000)  # the page's load events are all answered
+        assert len(app.POOL) <= seats, f"a page view took {len(app.POOL) - seats} seat(s)"
+    finally:
+        context.close()
+
+
 def test_a_reload_keeps_the_learners_run(page: Page):
     wait_for_step(page, 0, LOAD_MS)
     expect(page.locator("#status")).to_contain_text("shared by every visitor")  # looking took no seat
