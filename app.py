@@ -922,9 +922,15 @@ def step(last_x, request: gr.Request):
 def steps_asked(n) -> int:
     """Step xN's N, checked here rather than by the box's bounds (gradio's own refusal is English only) or its
     precision (which rounded 2.5 to 2 unsaid)."""
-    if not isinstance(n, (int, float)) or not math.isfinite(n) or n != int(n) or not 1 <= n <= 10_000:
+    if not whole(n) or not 1 <= n <= 10_000:
         raise refuse("bad_n")
     return int(n)
+
+
+def whole(value) -> bool:
+    """A whole number, as a number box or an API caller sends it (2.0 is one; 2.5, "2", True and inf are not)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value == int(value)
 
 
 @user_errors
@@ -1022,6 +1028,9 @@ class JudgedImage(gr.Image):
             return payload.path if payload is not None else None
 
 
+SKETCH_LAYERS = 4  # the most layers a drawing may have (the page's pad sends one)
+
+
 class JudgedSketch(gr.Sketchpad):
     """The drawing pad, its files checked before gradio decodes them: gradio decodes every layer it is sent, and an
     API caller can send one huge image as many layers (24 layers of a 9000x9000 PNG took a server from 6.6 to 10.6
@@ -1039,13 +1048,10 @@ class JudgedSketch(gr.Sketchpad):
             for image in (sent.background, sent.composite, *layers):
                 if image is not None:
                     try:
-                        inference.check_file(getattr(image, "path", image))  # a FileData's file, or a blob's bytes
+                        inference.header(getattr(image, "path", image)).close()  # a FileData's file, or a blob's bytes
                     except inference.ImageError as e:
                         raise gr.Error(e.text(LANG.get())) from None
         return super().preprocess(payload)
-
-
-SKETCH_LAYERS = 4  # the most layers a drawing may have (the page's pad sends one)
 
 
 CLEAR_PAD_JS = """() => {
@@ -1142,9 +1148,7 @@ def plain_vs_residual(layers: int = 20, steps: int = 30) -> dict:
         {"layers", "steps", "residual": {"loss", "accuracy"}, "plain": {...}}: each net's mean training loss
         (cross-entropy; 2.30 is chance for 10 classes) and batch accuracy (0 to 1) over its last 10 steps.
     """
-    whole = [isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v == int(v)
-             for v in (layers, steps)]  # fmt: skip
-    if not all(whole):  # "abc" or None was a bug report ("Something went wrong"); 20.5 ran as 20, unsaid
+    if not (whole(layers) and whole(steps)):  # "abc" or None was a bug report ("Something went wrong"); 20.5 ran as 20
         raise refuse("bad_tool_args", most=MAX_TOOL_STEPS)
     layers, steps = int(layers), int(steps)
     if layers < 8 or (layers - 2) % 6 or layers > 56 or not 1 <= steps <= MAX_TOOL_STEPS:
@@ -1211,31 +1215,28 @@ def guided_figures(experiment: guided.Experiment, history, records: list[dict]) 
     """A run's two charts, live or recorded: first the one its "What to watch" names (`experiment.chart`), then the
     other view of the same run (the loss beside the lesions; each layer's off/on ratio beside the drawing's bars)."""
     revision = id(history)
-    main = charts.loss_figure(history, revision)  # the twins' histories draw both nets: "loss" and "twin_loss"
-    readout = charts.accuracy_figure(history, revision)
-    switch = next((r for r in records if r["kind"] == "shortcuts"), None)
-    lesions = next((r for r in records if r["kind"] == "lesions"), None)
-    drawing = next((r for r in records if r["kind"] == "gradients"), None)
-    if switch is not None:
+    drawing, lesions, switch = (
+        next((r for r in records if r["kind"] == k), None) for k in ("gradients", "lesions", "shortcuts")
+    )
+    if drawing is not None:  # no step taken: no loss to draw
+        on, off = drawing["on"]["grad_norm"], drawing["off"]["grad_norm"]
+        bars = charts.grad_norm_bars_figure({say("on"): on, say("off"): off})
+        return [translated(bars), translated(charts.grad_ratio_figure(on, off))]
+    loss = translated(charts.loss_figure(history, revision))  # the twins' histories draw both nets: "twin_loss"
+    if lesions is not None:
+        return [translated(charts.lesion_figure(lesions["lesions"], revision)), loss]
+    if switch is not None:  # a single net's history (the twins' is a dict of two)
         steps = history["steps"] if isinstance(history, dict) else history.steps
-        if any(r["step"] > switch["step"] for r in steps):
+        if any(r["step"] > switch["step"] for r in steps):  # training on both sides of the switch
             k = (experiment.fast if GUIDED_FAST else experiment.full).window
             readout = charts.before_after_figure(guided.before_after(history, switch["step"], k), revision)
-    elif lesions is not None:
-        main, readout = charts.lesion_figure(lesions["lesions"], revision), main
-    elif drawing is not None:  # no step taken: no loss to draw
-        on, off = drawing["on"]["grad_norm"], drawing["off"]["grad_norm"]
-        main, readout = (
-            charts.grad_norm_bars_figure({say("on"): on, say("off"): off}),
-            charts.grad_ratio_figure(on, off),
-        )
-    return [translated(main), translated(readout)]
+            return [loss, translated(readout)]
+    return [loss, translated(charts.accuracy_figure(history, revision))]
 
 
 def guided_waiting() -> list[dict]:
     """The live charts before a run: empty, saying where the run will draw (a blank gap looked broken)."""
-    empty = translated(charts.loss_figure(History(2)))
-    empty["layout"]["annotations"][0]["text"] = say("guided_hint")
+    empty = charts.with_hint(translated(charts.loss_figure(History(2))), say("guided_hint"))
     return [empty, empty]  # the same figure twice: `sent` writes each as JSON, nothing changes it
 
 

@@ -148,8 +148,10 @@ def _log_ticks(figure: dict) -> dict:
     Plotly's bare digits: a "5" under a "1" reads as five. Over more, only the powers of ten: full labels of every
     digit overlapped."""
     yaxis = figure["layout"].get("yaxis", {})
-    values = [v for trace in figure["data"] for v in trace.get("y") or [] if isinstance(v, int | float) and v > 0]
-    if yaxis.get("type") == "log" and values:
+    if yaxis.get("type") != "log":
+        return figure
+    values = [v for trace in figure["data"] for v in trace.get("y") or () if v is not None and v > 0]
+    if values:
         wide = math.log10(max(values) / min(values)) > 1.5
         figure["layout"]["yaxis"] = {**yaxis, "minorloglabels": "none" if wide else "complete"}
     return figure
@@ -488,17 +490,12 @@ def grad_ratio_figure(on: dict[str, float], off: dict[str, float]) -> dict:
     """Per layer, how many times larger its gradient norm is with the shortcuts off than on (log scale): a plain
     deep net's trouble, layer by layer. Layers with no gradient in one run (a projection, with shortcuts off) are
     left out."""
-    layers = [n for n in on if on[n] > 0 and off.get(n, 0) > 0]
-    data = [{"type": "bar", "name": "off ÷ on", "x": layers, "y": [off[n] / on[n] for n in layers],
-             "marker": {"color": "#d62728"}, "hovertemplate": "%{x}: ×%{y:.3g}<extra></extra>"}]  # fmt: skip
-    layout = {
-        "title": {"text": "Shortcuts off ÷ on, per layer, input → output", "font": {"size": 14}},
-        "yaxis": {**LOG_AXIS, "title": {"text": "× the gradient norm"}},
-        "template": "plotly_white",
-        "height": 360,
-        "margin": {"l": 55, "r": 10, "t": 50, "b": 80},
-    }
-    return _log_ticks({"data": data, "layout": layout})
+    figure = grad_norm_bars_figure({"off ÷ on": {n: off[n] / on[n] for n in on if on[n] > 0 and off.get(n, 0) > 0}})
+    figure["data"][0].update(marker={"color": "#d62728"}, hovertemplate="%{x}: ×%{y:.3g}<extra></extra>")
+    layout = figure["layout"]
+    layout["title"]["text"] = "Shortcuts off ÷ on, per layer, input → output"
+    layout["yaxis"]["title"]["text"] = "× the gradient norm"
+    return figure
 
 
 # --- twins: depth, gradient routes, lesions -------------------------------------------------------------------
@@ -688,9 +685,13 @@ SWITCH_TEXT = "Train, switch a shortcut,<br>train on: bars compare each<br>layer
 def switch_placeholder(revision=0) -> dict:
     """The before/after chart before there is a switch with training on both sides of it."""
     layout = _layout("Before and after your latest shortcut switch", "‖∂loss/∂W‖", revision, log=True)
-    figure = _figure([], layout)
-    figure["layout"]["annotations"] = [{**figure["layout"]["annotations"][0], "text": SWITCH_TEXT}]
-    return figure
+    return with_hint(_figure([], layout), SWITCH_TEXT)
+
+
+def with_hint(empty: dict, text: str) -> dict:
+    """An empty chart saying `text` where it says how to start."""
+    empty["layout"]["annotations"] = [{**empty["layout"]["annotations"][0], "text": text}]
+    return empty
 
 
 # --- the same charts in Chinese ----------------------------------------------------------------------------------

@@ -209,15 +209,16 @@ def _open(value, draft=None) -> Image.Image:
         value = io.BytesIO(value)
     elif not isinstance(value, (str, os.PathLike)) and not hasattr(value, "read"):
         raise ImageError(f"Cannot read an image from a {type(value).__name__}.")
-    with _header(value) as img:
+    with header(value) as img:
         if draft and img.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture in it
             img.draft(None, (draft, draft))  # the decoder scales by 1/2..1/8: a 6000x6000 photo loads in ms
         return _decode(img)
 
 
-def _header(value) -> Image.Image:
+def header(value) -> Image.Image:
     """The image file `value` (a path, bytes or a file object) opened lazily, its header read and its size checked:
-    nothing decoded yet, so a 1 kB file that claims 30000x30000 pixels costs nothing to refuse."""
+    nothing decoded yet, so a 1 kB file that claims 30000x30000 pixels costs nothing to refuse. For files a library
+    decodes before our code sees them (gradio's Sketchpad decodes every layer it is sent), and a zip's members."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = io.BytesIO(value)
     try:
@@ -237,12 +238,6 @@ def _header(value) -> Image.Image:
         img.close()
         raise
     return img
-
-
-def check_file(value) -> None:
-    """Refuse an image file (path or bytes) that cannot be read or is too large, from its header alone: for files
-    a library decodes before our code sees them (gradio's Sketchpad decodes every layer it is sent)."""
-    _header(value).close()
 
 
 def _decode(img: Image.Image) -> Image.Image:

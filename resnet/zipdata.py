@@ -6,7 +6,6 @@ from its header before it is decoded. Each picture becomes 32x32 RGB through inf
 prediction sees it. A damaged or password-protected member is refused by name, like any other bad entry.
 """
 
-import io
 import lzma
 import zipfile
 import zlib
@@ -19,7 +18,7 @@ from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
 from .data import DataError, Dataset
-from .inference import ImageError, check_file, to_square
+from .inference import ImageError, header, to_square
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_UPLOAD_MB = 10  # the largest file a learner may upload (the app's max_file_size): zips, checkpoints, images
@@ -157,10 +156,9 @@ def _open(archive: zipfile.ZipFile, e: zipfile.ZipInfo) -> Image.Image:
             zh=f"{e.filename!r} 已损坏，无法解压；请重新制作 zip。",
         ) from err
     try:
-        check_file(raw)  # an image, and not a decompression bomb (inference.MAX_PIXELS)
+        img = header(raw)  # an image, and not a decompression bomb (inference.MAX_PIXELS)
     except ImageError as err:
         raise _unreadable(e.filename, err) from err
-    img = Image.open(io.BytesIO(raw))
     if isinstance(img, JpegImageFile):  # MPO too, a phone's JPEG with a second picture in it
         img.draft(None, (DRAFT, DRAFT))  # sets img.size to the scale it will decode at
     return img

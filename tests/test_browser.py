@@ -3,6 +3,7 @@ pause, zoom, switch the shortcuts off, draw a shape; the live charts must persis
 Saves assets/screenshot.png (shown in the README). Skipped when /usr/bin/chromium is absent.
 """
 
+import contextlib
 import math
 import re
 import time
@@ -54,6 +55,23 @@ def page(browser, app_url):
     page.errors = errors
     yield page
     context.close()
+
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True}  # a phone's screen, touch-sized
+
+
+@contextlib.contextmanager
+def fresh_page(browser, app_url, **options):
+    """A new browser's page on the app (storage of its own: a new learner), loaded as far as its Step 0."""
+    context = browser.new_context(**{"viewport": {"width": 1400, "height": 1300}, "locale": "en-US", **options})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(STEP_MS)
+        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
+        wait_for_step(page, 0, LOAD_MS)
+        yield page
+    finally:
+        context.close()
 
 
 def status_step(page: Page) -> int:
@@ -312,16 +330,10 @@ def test_a_page_view_takes_no_seat(browser, app_url):
     import app
 
     seats = len(app.POOL)
-    context = browser.new_context(viewport={"width": 1400, "height": 1300}, locale="en-US")
-    try:
-        page = context.new_page()
-        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
-        wait_for_step(page, 0, LOAD_MS)
+    with fresh_page(browser, app_url) as page:
         expect(page.locator("#status")).to_contain_text("shared by every visitor")
         page.wait_for_timeout(2_000)  # the page's load events are all answered
         assert len(app.POOL) <= seats, f"a page view took {len(app.POOL) - seats} seat(s)"
-    finally:
-        context.close()
 
 
 def test_a_reload_keeps_the_learners_run(page: Page):
@@ -400,12 +412,7 @@ def test_on_a_desktop_the_chart_toolbar_shows_only_under_the_mouse(page: Page):
 
 
 def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser, app_url):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(STEP_MS)
-        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
-        wait_for_step(page, 0, LOAD_MS)
+    with fresh_page(browser, app_url, **PHONE) as page:
         step, pause = page.locator("#step").bounding_box(), page.locator("#pause").bounding_box()
         assert pause["height"] <= step["height"] + 1, "the Pause button wraps onto a second line"
         page.click("#step")
@@ -429,19 +436,12 @@ def test_on_a_phone_the_charts_stack_one_per_row_with_their_titles_whole(browser
             # the plot keeps the chart's width: a legend beside it took half (9 layers' names on the gradient chart)
             plot = page.locator(f"{chart} .nsewdrag").first.bounding_box()
             assert plot["width"] >= 0.7 * box["width"], f"{chart}: the plot is {plot['width']:.0f} of {box['width']} px"
-    finally:
-        context.close()
 
 
-def test_the_guided_experiments_are_one_click_from_the_top_and_each_learn_claim_from_its_experiment(browser, app_url):
+def test_the_guided_experiments_are_one_click_from_the_top_of_a_phone(browser, app_url):
     """On a phone the guided experiments started 3.6 screens down, under the training panel, and nothing on the first
-    screen said so; the Learn tab's claims pointed at them in words only."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(STEP_MS)
-        page.goto(app_url, wait_until="domcontentloaded", timeout=LOAD_MS)
-        wait_for_step(page, 0, LOAD_MS)
+    screen said so."""
+    with fresh_page(browser, app_url, **PHONE) as page:
         start = page.locator("#start_here")
         assert start.bounding_box()["y"] + start.bounding_box()["height"] <= 844, "the start button is off the screen"
         start.click()
@@ -450,8 +450,6 @@ def test_the_guided_experiments_are_one_click_from_the_top_and_each_learn_claim_
                       " return b.top >= 0 && b.top < innerHeight - 100; }",
                 "the guided experiments were not brought onto the screen")  # fmt: skip
         expect(pick).to_be_visible()
-    finally:
-        context.close()
 
 
 def test_each_learn_claim_opens_its_guided_experiment(page: Page):
