@@ -144,16 +144,18 @@ def _figure(data: list[dict], layout: dict) -> dict:
 
 
 def _log_ticks(figure: dict) -> dict:
-    """A log axis over less than ~1.5 decades labels its ticks between powers of ten in full (0.2, 0.5), not as
-    Plotly's bare digits: a "5" under a "1" reads as five. Over more, only the powers of ten: full labels of every
-    digit overlapped."""
+    """A log axis whose data hold fewer than two powers of ten labels its ticks between them in full (0.2, 0.5),
+    not as Plotly's bare digits: a "5" under a "1" reads as five. Over more, only the powers of ten: full labels of
+    every digit overlapped."""
     yaxis = figure["layout"].get("yaxis", {})
     if yaxis.get("type") != "log":
         return figure
     values = [v for trace in figure["data"] for v in trace.get("y") or () if v is not None and v > 0]
-    if values:
-        wide = math.log10(max(values) / min(values)) > 1.5
-        figure["layout"]["yaxis"] = {**yaxis, "minorloglabels": "none" if wide else "complete"}
+    if values:  # the powers of ten within the data: with fewer than two, they alone leave one label or none
+        powers = math.floor(math.log10(max(values))) - math.ceil(math.log10(min(values))) + 1
+        # else 1, 2 and 5 of each decade, in full (every digit, in full, overlapped on a 360-px chart)
+        few = {"minorloglabels": "complete", "dtick": "D2"}
+        figure["layout"]["yaxis"] = {**yaxis, **({"minorloglabels": "none"} if powers >= 2 else few)}
     return figure
 
 
